@@ -1,0 +1,3 @@
+from noderun.cli import main
+
+main()

@@ -1,0 +1,105 @@
+"""Typed schemas for the Hydra config groups, registered in Hydra's ConfigStore.
+
+Every YAML file in ``conf/<group>/`` starts from one of these schemas (its defaults
+list names ``/schema/<group>/<name>``), so a mistyped key (``solver.rtoll=1e-3``) or
+a value of the wrong type fails at composition, before any work, with Hydra's message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class ClassifierModelConfig:
+    """Table 1 models. `name` selects the builder in noderun.models.MODEL_BUILDERS."""
+
+    name: str = MISSING
+    hidden: int = 300  # MLP width
+    channels: int = 64  # conv models: feature channels
+    n_blocks: int = 6  # ResNet: residual blocks (the depth experiment varies it)
+    adjoint: bool = True  # ODE block: adjoint (ODE-Net) or backprop through the solver (RK-Net)
+
+
+@dataclass
+class SolverConfig:
+    """How ODE blocks are solved. Ignored by models without one."""
+
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    step_size: Optional[float] = None  # fixed-step methods only
+    adjoint: Optional[bool] = None  # None: the model's own choice (ODE-Net adjoint, RK-Net backprop)
+    seminorm: bool = False  # adjoint backward: leave parameter channels out of the error norm
+    max_num_steps: int = 10_000
+    backend: str = "native"  # native (noderun.ode) or torchdiffeq
+
+
+@dataclass
+class MNISTDatasetConfig:
+    name: str = "mnist"
+    augment: bool = True  # random crop 28 with padding 4, per sample
+    crop_padding: int = 4
+
+
+@dataclass
+class ProfileConfig:
+    """How long to train. smoke: seconds, for tests; quick: minutes on a CPU; paper: the paper's protocol."""
+
+    name: str = MISSING
+    epochs: int = 1
+    train_size: Optional[int] = None  # None: the whole training set
+    test_size: Optional[int] = None  # None: the whole test set
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_milestones: list[int] = field(default_factory=list)  # epochs at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    dataset: Any = MISSING
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    task: str = "classification"
+    experiment_name: str = "table1"  # names the result CSV: <results_dir>/<experiment_name>.csv
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    results_dir: str = "results"
+    data_dir: str = "data"
+
+
+@dataclass
+class TableConfig:
+    results_dir: str = "results"
+    profile: Optional[str] = None  # only rows of this profile; None: one table per profile
+    write: bool = True  # also write the rendered tables under results_dir
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "data"
+
+
+def register_configs() -> None:
+    """Put the schemas where the YAML files' defaults lists find them."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(name="table_schema", node=TableConfig)
+    store.store(name="data_schema", node=DataConfig)
+    store.store(group="schema/model", name="classifier", node=ClassifierModelConfig, package="model")
+    store.store(group="schema/solver", name="solver", node=SolverConfig, package="solver")
+    store.store(group="schema/dataset", name="mnist", node=MNISTDatasetConfig, package="dataset")
+    store.store(group="schema/profile", name="profile", node=ProfileConfig, package="profile")

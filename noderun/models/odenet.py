@@ -1,0 +1,142 @@
+"""ODE-Net and RK-Net rows of Table 1: the ResNet with its residual blocks replaced by one ODE block.
+
+ODE-Net integrates the block with the adjoint method (constant memory in the number of
+function evaluations); RK-Net is the same network with gradients backpropagated through
+every operation of the Runge-Kutta solver (memory grows with the evaluations L~).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from noderun.models.blocks import classifier_head, downsampling, group_norm
+
+
+class TimeConv2d(nn.Module):
+    """A 3x3 convolution that sees t as an extra input channel, computed without the concat.
+
+    Its parameters are those of ``nn.Conv2d(channels + 1, channels, 3, padding=1)`` applied
+    to ``cat([t * ones, h])`` (time channel first). Convolution is linear, so
+
+        conv(cat(t*1, h)) = conv_h(h) + t * conv_1(1)
+
+    where conv_h uses the weight's h-slice with the bias, and conv_1(1) is the t-slice of
+    the weight applied to a ones image with the same zero padding: a fixed [C, H, W] map
+    (its border differs from the interior because of the padding). Computing it costs a
+    batch-1, one-channel convolution instead of building a [B, C+1, H, W] tensor per call.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, padding: int = 1):
+        super().__init__()
+        self.padding = padding
+        self.weight = nn.Parameter(torch.empty(channels, channels + 1, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The same initialisation nn.Conv2d gives a weight of this shape.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def time_map(self, height: int, width: int) -> torch.Tensor:
+        """conv_1(1): the output of the time channel for t = 1, float [C, H, W]."""
+        ones = torch.ones(1, 1, height, width, dtype=self.weight.dtype, device=self.weight.device)
+        return F.conv2d(ones, self.weight[:, :1], padding=self.padding)[0]
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """t: 0-dim tensor; h: float [B, C, H, W] -> [B, C, H, W]."""
+        out = F.conv2d(h, self.weight[:, 1:], self.bias, padding=self.padding)
+        return out + t * self.time_map(h.shape[-2], h.shape[-1])
+
+    def forward_concat(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The reference form: concatenate a t-filled channel, then convolve. Same result."""
+        time_channel = torch.ones_like(h[:, :1]) * t
+        return F.conv2d(torch.cat([time_channel, h], dim=1), self.weight, self.bias, padding=self.padding)
+
+
+class ConvODEFunc(nn.Module):
+    """Dynamics f(t, h) = GN(conv_t(ReLU(GN(conv_t(ReLU(GN(h))))))), float [B, C, H, W] -> same."""
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        self.norm1 = group_norm(channels)
+        self.conv1 = TimeConv2d(channels)
+        self.norm2 = group_norm(channels)
+        self.conv2 = TimeConv2d(channels)
+        self.norm3 = group_norm(channels)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(t, F.relu(self.norm1(h)))
+        out = self.conv2(t, F.relu(self.norm2(out)))
+        return self.norm3(out)
+
+
+class ODEBlock(nn.Module):
+    """h(1) from h(0) = input by solving dh/dt = func(t, h) over [0, 1] with noderun.ode.
+
+    adjoint=True: odeint_adjoint (ODE-Net, O(1) activation memory);
+    adjoint=False: odeint with backprop through the solver (RK-Net, O(L~) memory).
+    """
+
+    def __init__(
+        self,
+        func: nn.Module,
+        *,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        options: dict | None = None,
+        adjoint: bool = True,
+        adjoint_options: dict | None = None,
+        t1: float = 1.0,
+    ):
+        super().__init__()
+        self.func = func
+        self.method = method
+        self.rtol = rtol
+        self.atol = atol
+        self.options = dict(options or {})
+        self.adjoint = adjoint
+        self.adjoint_options = dict(adjoint_options or {})
+        self.register_buffer("integration_times", torch.tensor([0.0, t1]), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        from noderun.ode import odeint, odeint_adjoint
+
+        t = self.integration_times.to(h.dtype)
+        if self.adjoint:
+            trajectory = odeint_adjoint(
+                self.func, h, t, method=self.method, rtol=self.rtol, atol=self.atol,
+                options=self.options or None, adjoint_options=self.adjoint_options or None,
+            )
+        else:
+            trajectory = odeint(
+                self.func, h, t, method=self.method, rtol=self.rtol, atol=self.atol,
+                options=self.options or None,
+            )
+        return trajectory[-1]
+
+
+def build_odenet(
+    channels: int = 64,
+    num_classes: int = 10,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    options: dict | None = None,
+    adjoint: bool = True,
+    adjoint_options: dict | None = None,
+) -> nn.Sequential:
+    """208,266 parameters at 64 channels. Input float [B, 1, 28, 28]; output logits [B, 10]."""
+    block = ODEBlock(
+        ConvODEFunc(channels), method=method, rtol=rtol, atol=atol, options=options,
+        adjoint=adjoint, adjoint_options=adjoint_options,
+    )
+    return nn.Sequential(downsampling(channels), block, classifier_head(channels, num_classes))

@@ -1,0 +1,93 @@
+"""Measurements recorded beside every result: activation memory, time, hardware, versions."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+class SavedTensorMeter:
+    """Bytes of the tensors autograd saves for backward while the context is open.
+
+    The quantity the paper's O(L) / O(L~) / O(1) memory claim is about. Each distinct
+    storage is counted once (a tensor saved by two operations is one allocation), so
+    the number is the activation memory held between the forward and the backward pass.
+    Works identically on every device (it reads tensor sizes, not an allocator).
+
+        meter = SavedTensorMeter()
+        with meter:
+            loss = model(x).sum()
+        meter.bytes  # int
+    """
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._storages: set[tuple[str, int]] = set()
+        self._context = None
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr())
+        if key not in self._storages:
+            self._storages.add(key)
+            self.bytes += storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._context = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.__exit__(*exc)
+
+    @property
+    def mib(self) -> float:
+        return self.bytes / 2**20
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def timed(device: torch.device, record: list[float]):
+    """Append the wall time of the block (seconds, device work included) to `record`."""
+    synchronize(device)
+    start = time.perf_counter()
+    yield
+    synchronize(device)
+    record.append(time.perf_counter() - start)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    """The commit of the checkout noderun runs from, with '+dirty' if it has local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
