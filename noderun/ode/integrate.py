@@ -159,7 +159,7 @@ def _integrate_adaptive(
         h = float(o.first_step)
     else:
         with torch.no_grad():
-            h = initial_step(func, t, y, k1, direction, tableau.order, o.rtol, o.atol, o.norm)
+            h = initial_step(func, t, y, k1, direction, tableau.error_order, o.rtol, o.atol, o.norm)
     h = min(h, o.max_step)
 
     # Interpolants of lower order than the error estimate (cubic Hermite for
