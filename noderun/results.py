@@ -131,17 +131,22 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
 
 
 def read_csv_checked(path: Path) -> pd.DataFrame:
-    """Read one result CSV, skipping rows with the wrong number of fields (with a warning)."""
-
-    def on_bad_line(fields: list[str]):
-        warnings.warn(f"{path}: skipping a malformed row ({len(fields)} fields, expected {len(COLUMNS)})")
-        return None
-
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines=on_bad_line, engine="python")
-    if list(frame.columns) != COLUMNS:
-        warnings.warn(f"{path}: not a noderun result file (unexpected header); skipped")
-        return pd.DataFrame(columns=COLUMNS)
-    return frame
+    """Read one result CSV as strings, skipping (with a warning naming file and line) any row
+    that is not a complete noderun row: wrong field count, torn by a crash, or foreign."""
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != COLUMNS:
+            warnings.warn(f"{path}: not a noderun result file (unexpected header); skipped")
+            return pd.DataFrame(columns=COLUMNS)
+        good = []
+        for record in reader:
+            if len(record) != len(COLUMNS):
+                warnings.warn(f"{path}:{reader.line_num}: skipping a malformed row "
+                              f"({len(record)} fields, expected {len(COLUMNS)})")
+                continue
+            good.append(record)
+    return pd.DataFrame(good, columns=COLUMNS, dtype=str)
 
 
 def read_results(results_dir: str | os.PathLike) -> pd.DataFrame:

@@ -1,0 +1,1 @@
+"""Datasets: MNIST (verified, offline-safe) and the on-device batching it is trained with."""

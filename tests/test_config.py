@@ -1,0 +1,65 @@
+"""Every config option composes, and typed schemas reject typos before any work."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from noderun.config import CONF_DIR
+from noderun.errors import ConfigError
+from noderun.train import validate_config
+
+GROUPS = ("model", "solver", "dataset", "profile", "experiment")
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(compose_config, group, option):
+    cfg = compose_config([f"{group}={option}"])
+    if group != "experiment":
+        assert cfg[group] is not None
+    validate_config(cfg)
+
+
+def test_defaults(compose_config):
+    cfg = compose_config()
+    assert (cfg.model.name, cfg.solver.method, cfg.dataset.name) == ("mlp", "dopri5", "mnist")
+    assert cfg.solver.rtol == 1e-3 and cfg.results_dir == "results" and cfg.data_dir == "data"
+
+
+def test_mistyped_key_fails_at_composition(compose_config):
+    with pytest.raises(ConfigCompositionException, match="rtoll"):
+        compose_config(["solver.rtoll=1e-3"])
+
+
+def test_unknown_option_lists_valid_ones(compose_config):
+    with pytest.raises(ConfigCompositionException, match="resnett"):
+        compose_config(["model=resnett"])
+
+
+def test_wrong_type_fails_at_composition(compose_config):
+    with pytest.raises(ConfigCompositionException):
+        compose_config(["profile.epochs=many"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("profile.lr=-0.1", "profile.lr"),
+        ("profile.lr=0", "profile.lr"),
+        ("profile.epochs=0", "profile.epochs"),
+        ("profile.batch_size=0", "profile.batch_size"),
+        ("solver.rtol=0", "solver.rtol"),
+        ("solver.method=dopri6", "valid methods"),
+        ("solver.backend=scipy", "valid backends"),
+        ("device=tpu", "device"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_accepted_range(compose_config, override, message):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+        from noderun.train import resolve_device
+
+        resolve_device(cfg.device)

@@ -1,0 +1,40 @@
+"""Smoke training runs: one per model, each writing one correct row into a temporary results_dir."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from noderun.results import COLUMNS
+from noderun.train import train
+
+EXPECTED_PARAMS = {"mlp": 238_510, "resnet": 576_778, "odenet": 208_266, "rknet": 208_266}
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet", "odenet", "rknet"])
+def test_smoke_run_writes_one_complete_row(compose_config, mnist_dir, tmp_path, model):
+    cfg = compose_config([f"model={model}", "profile=smoke", f"data_dir={mnist_dir}", f"results_dir={tmp_path}",
+                          "profile.train_size=128", "profile.test_size=128", "solver.rtol=1e-1", "solver.atol=1e-1"])
+    row = train(cfg, log=lambda *_: None)
+    frame = pd.read_csv(tmp_path / "table1.csv")
+    assert list(frame.columns) == COLUMNS and len(frame) == 1
+    written = frame.iloc[0]
+    assert written["run_id"] == row["run_id"] and written["model"] == model and written["status"] == "ok"
+    assert written["params"] == EXPECTED_PARAMS[model]
+    assert 0 <= written["test_error"] <= 100 and written["profile"] == "smoke"
+    assert written["memory_mib"] > 0 and written["time_per_iter_s"] > 0
+    is_ode = model in ("odenet", "rknet")
+    assert (written["nfe_forward"] > 0) == is_ode
+    assert (written["nfe_backward"] > 0) == (model == "odenet")
+    assert written["device"] == "cpu" and written["torch_version"]
+    assert math.isnan(written["cuda_peak_mib"])
+
+
+def test_seeded_runs_are_deterministic_on_cpu(compose_config, mnist_dir, tmp_path):
+    overrides = ["model=resnet", "model.n_blocks=1", "profile=smoke", f"data_dir={mnist_dir}",
+                 f"results_dir={tmp_path}", "profile.train_size=128", "profile.test_size=64"]
+    first = train(compose_config(overrides), log=lambda *_: None)
+    second = train(compose_config(overrides), log=lambda *_: None)
+    assert first["test_loss"] == second["test_loss"] and first["train_error"] == second["train_error"]
