@@ -62,6 +62,7 @@ class ProfileConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
+    lr_schedule: str = "multistep"  # multistep: x lr_gamma at lr_milestones (epochs); cosine: per iteration to 0
     lr_milestones: list[int] = field(default_factory=list)  # epochs at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     progress: bool = True
@@ -103,3 +104,9 @@ def register_configs() -> None:
     store.store(group="schema/solver", name="solver", node=SolverConfig, package="solver")
     store.store(group="schema/dataset", name="mnist", node=MNISTDatasetConfig, package="dataset")
     store.store(group="schema/profile", name="profile", node=ProfileConfig, package="profile")
+    from noderun.tasks import TASKS
+
+    for task in TASKS.values():
+        for group, name, node in task.schemas:
+            # conf/<group>/<file>.yaml extends it with `- /schema/<group>/<name>@_here_`
+            store.store(group=f"schema/{group}", name=name, node=node, package=group)

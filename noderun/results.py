@@ -3,12 +3,13 @@
 Writing: every run appends exactly one row to ``<results_dir>/<experiment>.csv``. The
 append takes an exclusive ``fcntl`` lock on the file, writes the header if the file is
 empty, writes the whole row with a single ``write`` call and fsyncs, so processes of a
-parallel multirun never interleave or tear rows. Columns are the fixed ``COLUMNS``
-list; a file with another header is never appended to (the run says so and stops).
+parallel multirun never interleave or tear rows. A file's columns are ``COMMON_COLUMNS``
+followed by its task's own columns (``noderun.tasks``); a file with another header is
+never appended to (the run says so and stops).
 
 Reading: ``read_results`` loads every CSV under a folder with pandas, skipping (with a
-warning naming file and line) rows that do not parse. ``render_table1`` and
-``render_depth`` aggregate over seeds and render markdown with tabulate.
+warning naming file and line) rows that do not parse. ``render_all`` asks each task to
+render its tables (aggregated over seeds, markdown via tabulate) for each profile.
 """
 
 from __future__ import annotations
@@ -25,22 +26,19 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-COLUMNS = [
+# Columns every result file starts with, whatever the task.
+COMMON_COLUMNS = [
     "run_id",  # unique id of the run (timestamp + random suffix)
     "timestamp",  # ISO 8601 UTC time the row was written
     "experiment",  # the CSV's name: table1, depth, ...
+    "task",  # classification, ... (noderun.tasks)
     "status",  # ok, or failed: <reason>
     "model",
     "dataset",
     "profile",
     "seed",
     "epochs",
-    "train_size",  # training images used per epoch
-    "test_error",  # % on the test set after the last epoch
-    "train_error",  # % on the augmented training batches of the last epoch
-    "test_loss",
     "params",  # trainable parameters
-    "n_blocks",  # ResNet residual blocks (depth L); empty for other models
     "method",  # ODE solver method; empty for models without an ODE block
     "rtol",
     "atol",
@@ -50,8 +48,7 @@ COLUMNS = [
     "memory_mib",  # bytes saved for backward in one training step (saved_tensors_hooks), MiB
     "cuda_peak_mib",  # torch.cuda.max_memory_allocated over that step, MiB; empty on CPU
     "time_per_iter_s",  # median seconds per training iteration (forward, backward, update)
-    "epoch_time_s",  # seconds of the last training epoch
-    "train_time_s",  # seconds of all training epochs
+    "train_time_s",  # seconds of all training
     "device",  # cpu, cuda
     "device_name",  # CPU model or GPU name
     "torch_version",
@@ -59,13 +56,8 @@ COLUMNS = [
     "config",  # the resolved config, JSON
 ]
 
-# Table 1 of Chen et al. (2018), shown beside our measurements, never mixed with them.
-PAPER_TABLE1 = {
-    "mlp": {"label": "1-Layer MLP", "test_error": 1.60, "params_m": 0.24, "memory": "-", "time": "-"},
-    "resnet": {"label": "ResNet", "test_error": 0.41, "params_m": 0.60, "memory": "O(L)", "time": "O(L)"},
-    "rknet": {"label": "RK-Net", "test_error": 0.47, "params_m": 0.22, "memory": "O(L~)", "time": "O(L~)"},
-    "odenet": {"label": "ODE-Net", "test_error": 0.42, "params_m": 0.22, "memory": "O(1)", "time": "O(L~)"},
-}
+NUMERIC_COMMON = ["seed", "epochs", "params", "rtol", "atol", "nfe_forward", "nfe_backward", "memory_mib",
+                  "cuda_peak_mib", "time_per_iter_s", "train_time_s"]
 
 
 class ResultsError(RuntimeError):
@@ -75,20 +67,18 @@ class ResultsError(RuntimeError):
 # ------------------------------------------------------------------------- writing
 
 
-def format_row(row: dict) -> str:
-    """One CSV line for `row` in COLUMNS order; unknown keys raise (a typo must not vanish)."""
-    unknown = set(row) - set(COLUMNS)
+def _csv_line(values: list) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def format_row(row: dict, columns: list[str]) -> str:
+    """One CSV line for `row` in `columns` order; unknown keys raise (a typo must not vanish)."""
+    unknown = set(row) - set(columns)
     if unknown:
-        raise ResultsError(f"unknown result columns {sorted(unknown)}; valid columns: {COLUMNS}")
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
-    return buffer.getvalue()
-
-
-def _header_line() -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(COLUMNS)
-    return buffer.getvalue()
+        raise ResultsError(f"unknown result columns {sorted(unknown)}; valid columns: {columns}")
+    return _csv_line(["" if row.get(c) is None else row.get(c) for c in columns])
 
 
 def check_writable(results_dir: str | os.PathLike) -> None:
@@ -102,16 +92,16 @@ def check_writable(results_dir: str | os.PathLike) -> None:
         raise ResultsError(f"results_dir={folder} is not writable; choose another results_dir")
 
 
-def append_row(path: str | os.PathLike, row: dict) -> None:
+def append_row(path: str | os.PathLike, row: dict, columns: list[str]) -> None:
     """Append one row under an exclusive lock: whole line, one write, fsync."""
     path = Path(path)
-    line = format_row(row).encode()
+    line = format_row(row, columns).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
-        header = _header_line().encode()
+        header = _csv_line(columns).encode()
         if size == 0:
             line = header + line
         else:
@@ -136,17 +126,23 @@ def read_csv_checked(path: Path) -> pd.DataFrame:
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        if header != COLUMNS:
+        if header not in [COMMON_COLUMNS + list(task.columns) for task in _tasks().values()]:
             warnings.warn(f"{path}: not a noderun result file (unexpected header); skipped")
-            return pd.DataFrame(columns=COLUMNS)
+            return pd.DataFrame(columns=COMMON_COLUMNS)
         good = []
         for record in reader:
-            if len(record) != len(COLUMNS):
+            if len(record) != len(header):
                 warnings.warn(f"{path}:{reader.line_num}: skipping a malformed row "
-                              f"({len(record)} fields, expected {len(COLUMNS)})")
+                              f"({len(record)} fields, expected {len(header)})")
                 continue
             good.append(record)
-    return pd.DataFrame(good, columns=COLUMNS, dtype=str)
+    return pd.DataFrame(good, columns=header, dtype=str)
+
+
+def _tasks() -> dict:
+    from noderun.tasks import TASKS  # tasks import this module: resolve the registry lazily
+
+    return TASKS
 
 
 def read_results(results_dir: str | os.PathLike) -> pd.DataFrame:
@@ -155,22 +151,20 @@ def read_results(results_dir: str | os.PathLike) -> pd.DataFrame:
     frames = [read_csv_checked(p) for p in sorted(folder.glob("*.csv"))] if folder.exists() else []
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=COMMON_COLUMNS)
     frame = pd.concat(frames, ignore_index=True)
-    numeric = [
-        "seed", "epochs", "train_size", "test_error", "train_error", "test_loss", "params", "n_blocks",
-        "rtol", "atol", "nfe_forward", "nfe_backward", "memory_mib", "cuda_peak_mib",
-        "time_per_iter_s", "epoch_time_s", "train_time_s",
-    ]
+    numeric = NUMERIC_COMMON + [c for task in _tasks().values() for c in task.numeric_columns]
     for column in numeric:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 
 # ------------------------------------------------------------------------- rendering
 
 
-def _mean_std(values: pd.Series, digits: int) -> str:
+def mean_std(values: pd.Series, digits: int) -> str:
+    """'m ± s' over seeds (sample std), the single value for one seed, '-' for none."""
     values = values.dropna()
     if values.empty:
         return "-"
@@ -179,38 +173,8 @@ def _mean_std(values: pd.Series, digits: int) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-def render_table1(frame: pd.DataFrame, profile: str) -> str:
-    """Table 1 (MNIST) for one profile: our measurements beside the paper's values."""
-    rows = []
-    ok = frame[(frame["experiment"] == "table1") & (frame["profile"] == profile)]
-    for model, paper in PAPER_TABLE1.items():
-        runs = ok[ok["model"] == model]
-        finished = runs[runs["status"] == "ok"]
-        failed = runs[runs["status"] != "ok"]
-        if finished.empty:
-            status = "failed" if not failed.empty else "not run"
-            rows.append([paper["label"], status, f"{paper['test_error']:.2f}", "-", f"{paper['params_m']:.2f}",
-                         "-", paper["memory"], "-", "-", paper["time"], "-"])
-            continue
-        rows.append([
-            paper["label"],
-            _mean_std(finished["test_error"], 2),
-            f"{paper['test_error']:.2f}",
-            f"{finished['params'].iloc[0] / 1e6:.3f}",
-            f"{paper['params_m']:.2f}",
-            _mean_std(finished["memory_mib"], 2),
-            paper["memory"],
-            _mean_std(finished["time_per_iter_s"], 3),
-            _mean_std(finished["nfe_forward"], 1) + " / " + _mean_std(finished["nfe_backward"], 1),
-            paper["time"],
-            str(len(finished)),
-        ])
-    headers = ["Model", "Test error %", "paper", "Params (M)", "paper", "Memory MiB", "paper",
-               "s / iter", "NFE fwd / bwd", "paper time", "seeds"]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-
-
-def _fit_slope(x: pd.Series, y: pd.Series) -> float:
+def fit_slope(x: pd.Series, y: pd.Series) -> float:
+    """Least-squares slope of y against x; NaN with fewer than two distinct x."""
     mask = x.notna() & y.notna()
     if mask.sum() < 2 or x[mask].nunique() < 2:
         return math.nan
@@ -218,44 +182,28 @@ def _fit_slope(x: pd.Series, y: pd.Series) -> float:
     return float(slope)
 
 
-def render_depth(frame: pd.DataFrame, profile: str) -> str:
-    """Memory and time against depth L (ResNet) or evaluations L~ (RK-Net, ODE-Net), with fitted slopes."""
-    runs = frame[(frame["experiment"] == "depth") & (frame["profile"] == profile) & (frame["status"] == "ok")].copy()
-    if runs.empty:
-        return "(depth experiment not run)"
-    runs["depth"] = np.where(runs["model"] == "resnet", runs["n_blocks"], runs["nfe_forward"])
-    rows, slopes = [], []
-    for model in ("resnet", "rknet", "odenet"):
-        part = runs[runs["model"] == model].sort_values("depth")
-        if part.empty:
-            continue
-        for _, r in part.iterrows():
-            setting = f"L={int(r['n_blocks'])}" if model == "resnet" else f"tol={r['rtol']:.0e}"
-            rows.append([PAPER_TABLE1[model]["label"], setting, f"{r['depth']:.1f}", f"{r['nfe_backward']:.1f}",
-                         f"{r['memory_mib']:.2f}", f"{r['time_per_iter_s']:.3f}"])
-        mem_slope = _fit_slope(part["depth"], part["memory_mib"]) * 1024 * 1024
-        time_slope = _fit_slope(part["depth"], part["time_per_iter_s"])
-        spread = (part["memory_mib"].max() - part["memory_mib"].min()) / part["memory_mib"].mean() * 100
-        slopes.append([PAPER_TABLE1[model]["label"], "block" if model == "resnet" else "evaluation",
-                       f"{mem_slope:,.0f}", f"{spread:.1f}", f"{time_slope:.4f}"])
-    table = tabulate(rows, headers=["Model", "setting", "L or L~ (fwd NFE)", "bwd NFE", "Memory MiB", "s / iter"],
-                     tablefmt="github", disable_numparse=True)
-    fit = tabulate(slopes, headers=["Model", "per", "bytes per unit (fit)", "memory spread %", "s per unit (fit)"],
-                   tablefmt="github", disable_numparse=True)
-    return table + "\n\n" + fit
+def markdown(rows: list[list], headers: list[str]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:
-    """Every table, one section per profile present (or only `profile`)."""
+    """Every task's tables, one section per profile present (or only `profile`).
+
+    With no results at all, Table 1 is shown with every row 'not run'.
+    """
+    tasks = _tasks()
     profiles = [profile] if profile else sorted(p for p in frame["profile"].dropna().unique() if p)
-    if not profiles:
-        return "No results yet: run `noderun train` or `make reproduce`.\n\n" + render_table1(frame, "quick")
+    if frame.empty or not profiles:
+        title, text = tasks["classification"].render(frame, profile or "quick")[0]
+        return f"No results yet: run `noderun train` or `make reproduce`.\n\n## {title}\n\n{text}\n"
     sections = []
     for name in profiles:
-        machines = sorted(frame[frame["profile"] == name]["device_name"].dropna().unique())
-        sections.append(f"## Table 1 (MNIST), profile={name}\n\nMeasured on: {', '.join(machines) or '-'}\n\n"
-                        + render_table1(frame, name))
-        depth = render_depth(frame, name)
-        if not depth.startswith("("):
-            sections.append(f"## Memory and time against depth, profile={name}\n\n{depth}")
+        rows = frame[frame["profile"] == name]
+        machines = ", ".join(sorted(rows["device_name"].dropna().unique())) or "-"
+        for task_name, task in tasks.items():
+            task_rows = rows[rows["task"] == task_name]
+            if task_rows.empty:
+                continue
+            for title, text in task.render(task_rows, name):
+                sections.append(f"## {title}, profile={name}\n\nMeasured on: {machines}\n\n{text}")
     return "\n\n".join(sections) + "\n"

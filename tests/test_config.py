@@ -8,7 +8,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from noderun.config import CONF_DIR
 from noderun.errors import ConfigError
-from noderun.train import validate_config
+from noderun.profiling import resolve_device
+from noderun.train import validate
 
 GROUPS = ("model", "solver", "dataset", "profile", "experiment")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
@@ -19,7 +20,7 @@ def test_every_option_composes_and_validates(compose_config, group, option):
     cfg = compose_config([f"{group}={option}"])
     if group != "experiment":
         assert cfg[group] is not None
-    validate_config(cfg)
+    validate(cfg)
 
 
 def test_defaults(compose_config):
@@ -59,7 +60,4 @@ def test_wrong_type_fails_at_composition(compose_config):
 def test_invalid_values_are_rejected_with_the_accepted_range(compose_config, override, message):
     cfg = compose_config([override])
     with pytest.raises(ConfigError, match=message):
-        validate_config(cfg)
-        from noderun.train import resolve_device
-
-        resolve_device(cfg.device)
+        validate(cfg)

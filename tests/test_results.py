@@ -9,11 +9,15 @@ import pandas as pd
 import pytest
 
 from noderun import results
-from noderun.results import COLUMNS, append_row, read_results, render_all, render_depth, render_table1
+from noderun.results import COMMON_COLUMNS, append_row, read_results, render_all
+from noderun.tasks.classification import COLUMNS as TASK_COLUMNS
+from noderun.tasks.classification import render_depth, render_table1
+
+COLUMNS = COMMON_COLUMNS + list(TASK_COLUMNS)
 
 
 def row(**values):
-    base = {"run_id": "r", "experiment": "table1", "status": "ok", "model": "mlp", "profile": "quick",
+    base = {"run_id": "r", "experiment": "table1", "task": "classification", "status": "ok", "model": "mlp", "profile": "quick",
             "seed": 0, "test_error": 2.0, "params": 238510, "memory_mib": 0.3, "time_per_iter_s": 0.01,
             "nfe_forward": 0, "nfe_backward": 0, "device_name": "cpu"}
     base.update(values)
@@ -22,8 +26,8 @@ def row(**values):
 
 def test_append_writes_header_once_and_round_trips(tmp_path):
     path = tmp_path / "table1.csv"
-    append_row(path, row(run_id="a", config='{"x": "a,b"}'))
-    append_row(path, row(run_id="b", test_error=3.0))
+    append_row(path, row(run_id="a", config='{"x": "a,b"}'), COLUMNS)
+    append_row(path, row(run_id="b", test_error=3.0), COLUMNS)
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 3
     frame = read_results(tmp_path)
@@ -33,7 +37,7 @@ def test_append_writes_header_once_and_round_trips(tmp_path):
 
 def test_unknown_column_is_refused(tmp_path):
     with pytest.raises(results.ResultsError, match="unknown result columns"):
-        append_row(tmp_path / "t.csv", row(test_eror=1.0))
+        append_row(tmp_path / "t.csv", row(test_eror=1.0), COLUMNS)
     assert not (tmp_path / "t.csv").exists()
 
 
@@ -41,14 +45,14 @@ def test_foreign_file_is_not_appended_to(tmp_path):
     path = tmp_path / "table1.csv"
     path.write_text("a,b\n1,2\n")
     with pytest.raises(results.ResultsError, match="different header"):
-        append_row(path, row())
+        append_row(path, row(), COLUMNS)
     assert path.read_text() == "a,b\n1,2\n"
 
 
 def _append_many(args):
     path, worker = args
     for i in range(50):
-        append_row(path, row(run_id=f"{worker}-{i}", config="x" * 2000))
+        append_row(path, row(run_id=f"{worker}-{i}", config="x" * 2000), COLUMNS)
 
 
 def test_parallel_writers_never_interleave(tmp_path):
@@ -62,7 +66,7 @@ def test_parallel_writers_never_interleave(tmp_path):
 
 def test_malformed_rows_are_skipped_with_a_warning(tmp_path):
     path = tmp_path / "table1.csv"
-    append_row(path, row(run_id="good"))
+    append_row(path, row(run_id="good"), COLUMNS)
     with open(path, "a") as handle:
         handle.write("torn,row\n")
     with pytest.warns(UserWarning, match=r"table1.csv:3: skipping a malformed row"):
@@ -72,9 +76,9 @@ def test_malformed_rows_are_skipped_with_a_warning(tmp_path):
 
 def test_table1_aggregates_seeds_and_marks_missing_rows(tmp_path):
     path = tmp_path / "table1.csv"
-    append_row(path, row(run_id="1", seed=0, test_error=2.0))
-    append_row(path, row(run_id="2", seed=1, test_error=4.0))
-    append_row(path, row(run_id="3", model="resnet", status="failed: NaN loss", test_error=None))
+    append_row(path, row(run_id="1", seed=0, test_error=2.0), COLUMNS)
+    append_row(path, row(run_id="2", seed=1, test_error=4.0), COLUMNS)
+    append_row(path, row(run_id="3", model="resnet", status="failed: NaN loss", test_error=None), COLUMNS)
     text = render_table1(read_results(tmp_path), "quick")
     mlp_line = next(line for line in text.splitlines() if "1-Layer MLP" in line)
     assert "3.00 ± 1.41" in mlp_line and "1.60" in mlp_line and "| 2 " in mlp_line
@@ -91,10 +95,10 @@ def test_depth_table_fits_slopes(tmp_path):
     path = tmp_path / "depth.csv"
     for blocks in (1, 2, 4):
         append_row(path, row(run_id=f"r{blocks}", experiment="depth", model="resnet", n_blocks=blocks,
-                             memory_mib=1.0 + 0.5 * blocks, time_per_iter_s=0.1 * blocks))
+                             memory_mib=1.0 + 0.5 * blocks, time_per_iter_s=0.1 * blocks), COLUMNS)
     for tol, nfe in ((1e-1, 10), (1e-3, 20)):
         append_row(path, row(run_id=f"o{tol}", experiment="depth", model="odenet", rtol=tol, nfe_forward=nfe,
-                             memory_mib=2.0, time_per_iter_s=0.01 * nfe))
+                             memory_mib=2.0, time_per_iter_s=0.01 * nfe), COLUMNS)
     text = render_depth(read_results(tmp_path), "quick")
     assert "524,288" in text  # 0.5 MiB per block
     odenet_fit = [line for line in text.splitlines() if line.startswith("| ODE-Net") and "evaluation" in line][0]

@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from noderun.results import COLUMNS
+from noderun.results import COMMON_COLUMNS
+from noderun.tasks.classification import COLUMNS as TASK_COLUMNS
 from noderun.train import train
 
 EXPECTED_PARAMS = {"mlp": 238_510, "resnet": 576_778, "odenet": 208_266, "rknet": 208_266}
@@ -19,7 +20,7 @@ def test_smoke_run_writes_one_complete_row(compose_config, mnist_dir, tmp_path, 
                           "profile.train_size=128", "profile.test_size=128", "solver.rtol=1e-1", "solver.atol=1e-1"])
     row = train(cfg, log=lambda *_: None)
     frame = pd.read_csv(tmp_path / "table1.csv")
-    assert list(frame.columns) == COLUMNS and len(frame) == 1
+    assert list(frame.columns) == COMMON_COLUMNS + list(TASK_COLUMNS) and len(frame) == 1
     written = frame.iloc[0]
     assert written["run_id"] == row["run_id"] and written["model"] == model and written["status"] == "ok"
     assert written["params"] == EXPECTED_PARAMS[model]

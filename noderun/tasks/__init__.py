@@ -1,0 +1,45 @@
+"""Task registry: what `cfg.task` runs, which columns its result rows add, how its tables render.
+
+A task is one experiment family of the paper: classification (Table 1 and the depth
+experiment), and the ones added beside it. Adding a task is one module here exposing
+a `TASK` and one line in `TASKS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+from omegaconf import DictConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """One experiment family.
+
+    validate(cfg): raise noderun.errors.ConfigError for invalid values, before any work.
+    run(cfg, log) -> dict: train and evaluate; returns the row's values (common and own columns).
+    columns: the task's own result columns, after noderun.results.COMMON_COLUMNS.
+    numeric_columns: which of them read back as numbers.
+    render(rows, profile) -> [(title, markdown)]: its tables from its rows of one profile.
+    schemas: (group, name, dataclass) triples for Hydra's ConfigStore, so the task's own
+        config files (conf/model/..., conf/dataset/...) are typed like every other.
+    """
+
+    name: str
+    validate: Callable[[DictConfig], None]
+    run: Callable[..., dict]
+    columns: tuple[str, ...]
+    numeric_columns: tuple[str, ...]
+    render: Callable[[pd.DataFrame, str], list[tuple[str, str]]]
+    schemas: tuple[tuple[str, str, type], ...] = ()
+
+
+def _registry() -> dict[str, Task]:
+    from noderun.tasks import classification
+
+    return {task.name: task for task in (classification.TASK,)}
+
+
+TASKS: dict[str, Task] = _registry()

@@ -1,0 +1,318 @@
+"""Image classification on MNIST: Table 1 (MLP, ResNet, RK-Net, ODE-Net) and the depth experiment.
+
+The loop follows the small-and-fast style: the uint8 dataset lives on the training
+device as one tensor, batches are `randperm` slices, augmentation is batched, and
+nothing runs per sample in Python. Every run records test error, parameters, measured
+activation memory, time per iteration and function evaluations (NFE).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from noderun.data.batching import epoch_batches, random_crop, to_float
+from noderun.data.mnist import load_mnist
+from noderun.errors import ConfigError
+from noderun.models import build_model, ode_blocks
+from noderun.profiling import SavedTensorMeter, device_name, resolve_device, synchronize
+from noderun.results import fit_slope, markdown, mean_std
+from noderun.tasks import Task
+
+# Table 1 of Chen et al. (2018), shown beside our measurements, never mixed with them.
+PAPER_TABLE1 = {
+    "mlp": {"label": "1-Layer MLP", "test_error": 1.60, "params_m": 0.24, "memory": "-", "time": "-"},
+    "resnet": {"label": "ResNet", "test_error": 0.41, "params_m": 0.60, "memory": "O(L)", "time": "O(L)"},
+    "rknet": {"label": "RK-Net", "test_error": 0.47, "params_m": 0.22, "memory": "O(L~)", "time": "O(L~)"},
+    "odenet": {"label": "ODE-Net", "test_error": 0.42, "params_m": 0.22, "memory": "O(1)", "time": "O(L~)"},
+}
+
+COLUMNS = (
+    "train_size",  # training images used per epoch
+    "test_error",  # % on the test set after the last epoch
+    "train_error",  # % on the augmented training batches of the last epoch
+    "test_loss",  # mean cross-entropy on the test set
+    "n_blocks",  # ResNet residual blocks (depth L); empty for other models
+    "epoch_time_s",  # seconds of the last training epoch
+)
+NUMERIC_COLUMNS = ("train_size", "test_error", "train_error", "test_loss", "n_blocks", "epoch_time_s")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def require(condition: bool, key: str, value, accepted: str) -> None:
+    """Raise ConfigError naming the key, its value and what is accepted."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is invalid; {accepted}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject invalid values before any work, naming the key and what is accepted."""
+    profile, solver = cfg.profile, cfg.solver
+    require(profile.epochs >= 1, "profile.epochs", profile.epochs, "it must be an integer >= 1")
+    require(profile.batch_size >= 1, "profile.batch_size", profile.batch_size, "it must be an integer >= 1")
+    require(profile.eval_batch_size >= 1, "profile.eval_batch_size", profile.eval_batch_size, "it must be >= 1")
+    require(math.isfinite(profile.lr) and profile.lr > 0, "profile.lr", profile.lr, "it must be a finite number > 0")
+    require(0 <= profile.momentum < 1, "profile.momentum", profile.momentum, "it must be in [0, 1)")
+    require(profile.weight_decay >= 0, "profile.weight_decay", profile.weight_decay, "it must be >= 0")
+    require(profile.lr_schedule in ("multistep", "cosine"), "profile.lr_schedule", profile.lr_schedule,
+            "valid schedules: ['multistep', 'cosine']")
+    require(profile.lr_gamma > 0, "profile.lr_gamma", profile.lr_gamma, "it must be > 0")
+    for key in ("train_size", "test_size"):
+        value = profile[key]
+        require(value is None or value >= 1, f"profile.{key}", value, "it must be null (all) or an integer >= 1")
+    if profile.train_size is not None:
+        require(profile.train_size >= profile.batch_size, "profile.train_size", profile.train_size,
+                f"it must be at least profile.batch_size={profile.batch_size}")
+    require(cfg.dataset.name == "mnist", "dataset.name", cfg.dataset.name, "the classification task takes: ['mnist']")
+    require(cfg.dataset.crop_padding >= 0, "dataset.crop_padding", cfg.dataset.crop_padding, "it must be >= 0")
+
+
+# --------------------------------------------------------------------- the loop
+
+
+def _evaluate(model, images, labels, batch_size: int) -> tuple[float, float]:
+    """(error %, mean cross-entropy) on uint8 images [N, 28, 28] with labels [N]."""
+    model.eval()
+    wrong, loss_sum = 0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = model(to_float(images[start : start + batch_size]))
+            target = labels[start : start + batch_size]
+            loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+            wrong += (logits.argmax(1) != target).sum().item()
+    model.train()
+    return 100.0 * wrong / len(images), loss_sum / len(images)
+
+
+def _make_scheduler(optimizer, profile, iters_per_epoch: int):
+    """multistep: the paper's x0.1 at given epochs; cosine: per-iteration decay to 0 (short budgets)."""
+    if profile.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=profile.epochs * iters_per_epoch)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(profile.lr_milestones),
+                                                gamma=profile.lr_gamma)
+
+
+def _stats_context(has_ode: bool):
+    if not has_ode:
+        return nullcontext(None)
+    from noderun.ode import track_stats
+
+    return track_stats()
+
+
+def train_classifier(cfg: DictConfig, log=print) -> dict:
+    profile = cfg.profile
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    data = load_mnist(cfg.data_dir, log=log)
+    train_images = data.train_images[: profile.train_size].to(device)
+    train_labels = data.train_labels[: profile.train_size].to(device)
+    test_images = data.test_images[: profile.test_size].to(device)
+    test_labels = data.test_labels[: profile.test_size].to(device)
+
+    model = build_model(cfg.model, cfg.solver).to(device)
+    has_ode = bool(ode_blocks(model))
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.SGD(model.parameters(), lr=profile.lr, momentum=profile.momentum,
+                                weight_decay=profile.weight_decay)
+    iters_per_epoch = len(train_images) // profile.batch_size
+    scheduler = _make_scheduler(optimizer, profile, iters_per_epoch)
+    log(f"[noderun] model={cfg.model.name} ({params:,} params) profile={profile.name} device={device} "
+        f"epochs={profile.epochs} x {iters_per_epoch} iterations of {profile.batch_size}"
+        + (f" solver={cfg.solver.method} rtol={cfg.solver.rtol:g} atol={cfg.solver.atol:g}" if has_ode else ""))
+
+    progress = None
+    if profile.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=profile.epochs * iters_per_epoch, unit="it", dynamic_ncols=True, leave=False)
+
+    memory_bytes, cuda_peak = None, None
+    iteration_times: list[float] = []
+    train_start = time.perf_counter()
+    epoch_time = 0.0
+    for epoch in range(1, profile.epochs + 1):
+        epoch_start = time.perf_counter()
+        loss_sum, wrong, seen = 0.0, 0, 0
+        nfe_forward, nfe_backward = [], []
+        for step, index in enumerate(epoch_batches(len(train_images), profile.batch_size, generator)):
+            measure_memory = epoch == 1 and step == 0
+            x = to_float(train_images[index])
+            if cfg.dataset.augment:
+                x = random_crop(x, cfg.dataset.crop_padding, generator)
+            y = train_labels[index]
+            meter = SavedTensorMeter() if measure_memory else nullcontext()
+            if measure_memory and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            start = time.perf_counter()
+            with _stats_context(has_ode) as stats:
+                with meter:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
+            if profile.lr_schedule == "cosine":
+                scheduler.step()
+            synchronize(device)
+            if measure_memory:
+                # The first step also pays for the hooks and one-time set-up: not timed.
+                memory_bytes = meter.bytes
+                if device.type == "cuda":
+                    cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20
+            else:
+                iteration_times.append(time.perf_counter() - start)
+            if stats is not None:
+                nfe_forward.append(stats.nfe_forward)
+                nfe_backward.append(stats.nfe_backward)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, step {step}")
+            loss_sum += loss_value * len(y)
+            wrong += (logits.argmax(1) != y).sum().item()
+            seen += len(y)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(epoch=epoch, loss=f"{loss_value:.3f}")
+        if profile.lr_schedule == "multistep":
+            scheduler.step()
+        epoch_time = time.perf_counter() - epoch_start
+        test_error, test_loss = _evaluate(model, test_images, test_labels, profile.eval_batch_size)
+        train_error = 100.0 * wrong / seen
+        mean_nfe_f = statistics.fmean(nfe_forward) if nfe_forward else 0.0
+        mean_nfe_b = statistics.fmean(nfe_backward) if nfe_backward else 0.0
+        line = (f"epoch {epoch}/{profile.epochs} loss {loss_sum / seen:.4f} train_err {train_error:.2f}% "
+                f"test_err {test_error:.2f}% time {epoch_time:.1f}s")
+        if has_ode:
+            line += f" nfe_fwd {mean_nfe_f:.1f} nfe_bwd {mean_nfe_b:.1f}"
+        (progress.write if progress is not None else log)(line)
+    if progress is not None:
+        progress.close()
+    log(f"[noderun] {cfg.model.name}: test error {test_error:.2f}%")
+    train_time = time.perf_counter() - train_start
+
+    solver = cfg.solver
+    block = ode_blocks(model)[0] if has_ode else None
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "epochs": profile.epochs,
+        "train_size": len(train_images),
+        "test_error": round(test_error, 4),
+        "train_error": round(train_error, 4),
+        "test_loss": round(test_loss, 6),
+        "params": params,
+        "n_blocks": cfg.model.n_blocks if cfg.model.name == "resnet" else None,
+        "method": solver.method if has_ode else None,
+        "rtol": solver.rtol if has_ode else None,
+        "atol": solver.atol if has_ode else None,
+        "adjoint": block.adjoint if has_ode else None,
+        "nfe_forward": round(mean_nfe_f, 3),
+        "nfe_backward": round(mean_nfe_b, 3),
+        "memory_mib": round(memory_bytes / 2**20, 4) if memory_bytes is not None else None,
+        "cuda_peak_mib": round(cuda_peak, 3) if cuda_peak is not None else None,
+        "time_per_iter_s": round(statistics.median(iteration_times), 5) if iteration_times else None,
+        "epoch_time_s": round(epoch_time, 3),
+        "train_time_s": round(train_time, 3),
+        "device": device.type,
+        "device_name": device_name(device),
+    }
+
+
+# ------------------------------------------------------------------------- tables
+
+
+def render_table1(frame: pd.DataFrame, profile: str) -> str:
+    """Table 1 (MNIST) for one profile: our measurements beside the paper's values."""
+    rows = []
+    ok = frame[(frame["experiment"] == "table1") & (frame["profile"] == profile)]
+    for model, paper in PAPER_TABLE1.items():
+        runs = ok[ok["model"] == model]
+        finished = runs[runs["status"] == "ok"]
+        failed = runs[runs["status"] != "ok"]
+        if finished.empty:
+            status = "failed" if not failed.empty else "not run"
+            rows.append([paper["label"], status, f"{paper['test_error']:.2f}", "-", f"{paper['params_m']:.2f}",
+                         "-", paper["memory"], "-", "-", paper["time"], "-"])
+            continue
+        rows.append([
+            paper["label"],
+            mean_std(finished["test_error"], 2),
+            f"{paper['test_error']:.2f}",
+            f"{finished['params'].iloc[0] / 1e6:.3f}",
+            f"{paper['params_m']:.2f}",
+            mean_std(finished["memory_mib"], 2),
+            paper["memory"],
+            mean_std(finished["time_per_iter_s"], 3),
+            mean_std(finished["nfe_forward"], 1) + " / " + mean_std(finished["nfe_backward"], 1),
+            paper["time"],
+            str(len(finished)),
+        ])
+    headers = ["Model", "Test error %", "paper", "Params (M)", "paper", "Memory MiB", "paper",
+               "s / iter", "NFE fwd / bwd", "paper time", "seeds"]
+    return markdown(rows, headers)
+
+
+def fit_slope(x: pd.Series, y: pd.Series) -> float:
+    mask = x.notna() & y.notna()
+    if mask.sum() < 2 or x[mask].nunique() < 2:
+        return math.nan
+    slope, _ = np.polyfit(x[mask].astype(float), y[mask].astype(float), 1)
+    return float(slope)
+
+
+def render_depth(frame: pd.DataFrame, profile: str) -> str:
+    """Memory and time against depth L (ResNet) or evaluations L~ (RK-Net, ODE-Net), with fitted slopes."""
+    runs = frame[(frame["experiment"] == "depth") & (frame["profile"] == profile) & (frame["status"] == "ok")].copy()
+    if runs.empty:
+        return "(depth experiment not run)"
+    runs["depth"] = np.where(runs["model"] == "resnet", runs["n_blocks"], runs["nfe_forward"])
+    rows, slopes = [], []
+    for model in ("resnet", "rknet", "odenet"):
+        part = runs[runs["model"] == model].sort_values("depth")
+        if part.empty:
+            continue
+        for _, r in part.iterrows():
+            setting = f"L={int(r['n_blocks'])}" if model == "resnet" else f"tol={r['rtol']:.0e}"
+            rows.append([PAPER_TABLE1[model]["label"], setting, f"{r['depth']:.1f}", f"{r['nfe_backward']:.1f}",
+                         f"{r['memory_mib']:.2f}", f"{r['time_per_iter_s']:.3f}"])
+        mem_slope = fit_slope(part["depth"], part["memory_mib"]) * 1024 * 1024
+        time_slope = fit_slope(part["depth"], part["time_per_iter_s"])
+        spread = (part["memory_mib"].max() - part["memory_mib"].min()) / part["memory_mib"].mean() * 100
+        slopes.append([PAPER_TABLE1[model]["label"], "block" if model == "resnet" else "evaluation",
+                       f"{mem_slope:,.0f}", f"{spread:.1f}", f"{time_slope:.4f}"])
+    table = markdown(rows, ["Model", "setting", "L or L~ (fwd NFE)", "bwd NFE", "Memory MiB", "s / iter"])
+    fit = markdown(slopes, ["Model", "per", "bytes per unit (fit)", "memory spread %", "s per unit (fit)"])
+    return table + "\n\n" + fit
+
+
+
+def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
+    sections = [("Table 1 (MNIST)", render_table1(rows, profile))]
+    depth = render_depth(rows, profile)
+    if not depth.startswith("("):
+        sections.append(("Memory and time against depth", depth))
+    return sections
+
+
+TASK = Task(
+    name="classification",
+    validate=validate_config,
+    run=train_classifier,
+    columns=COLUMNS,
+    numeric_columns=NUMERIC_COLUMNS,
+    render=render,
+)
