@@ -23,6 +23,7 @@ commands:
   table   render Table 1 and the depth table from the result CSVs
           e.g. noderun table results_dir=results
   data    fetch and verify MNIST into data_dir (default data/)
+  plot    render every task's figures (PNG) under results_dir/figures
 
 `noderun <command> --help` lists the config groups and options."""
 
@@ -80,7 +81,24 @@ def data_command(cfg: DictConfig) -> None:
     print(f"[noderun] MNIST ready in {folder}")
 
 
-COMMANDS = {"train": train_command, "table": table_command, "data": data_command}
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="table")
+def plot_command(cfg: DictConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from noderun.tasks import TASKS
+
+    written = []
+    for task in TASKS.values():
+        if task.figures is not None:
+            written += task.figures(Path(cfg.results_dir))
+    for path in written:
+        print(f"[noderun] wrote {path}")
+    if not written:
+        print(f"[noderun] nothing to plot yet under {cfg.results_dir}")
+
+
+COMMANDS = {"train": train_command, "table": table_command, "data": data_command, "plot": plot_command}
 
 
 def _default_profile(overrides: list[str]) -> list[str]:

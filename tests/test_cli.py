@@ -15,7 +15,7 @@ def run_cli(*args, cwd=None):
 
 def test_unknown_command_lists_valid_ones():
     proc = run_cli("trian")
-    assert proc.returncode == 2 and "valid commands: train, table, data" in proc.stderr
+    assert proc.returncode == 2 and "valid commands: train, table, data, plot" in proc.stderr
 
 
 def test_unknown_model_option_fails_before_any_work(tmp_path):

@@ -8,6 +8,7 @@ a `TASK` and one line in `TASKS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -23,6 +24,8 @@ class Task:
     columns: the task's own result columns, after noderun.results.COMMON_COLUMNS.
     numeric_columns: which of them read back as numbers.
     render(rows, profile) -> [(title, markdown)]: its tables from its rows of one profile.
+    figures(results_dir) -> [paths]: write the task's PNGs under results_dir/figures from what
+        its runs saved there; an empty list when there is nothing to draw yet.
     schemas: (group, name, dataclass) triples for Hydra's ConfigStore, so the task's own
         config files (conf/model/..., conf/dataset/...) are typed like every other.
     """
@@ -33,6 +36,7 @@ class Task:
     columns: tuple[str, ...]
     numeric_columns: tuple[str, ...]
     render: Callable[[pd.DataFrame, str], list[tuple[str, str]]]
+    figures: Callable[[Path], list[Path]] | None = None
     schemas: tuple[tuple[str, str, type], ...] = ()
 
 
