@@ -41,9 +41,9 @@ class Task:
 
 
 def _registry() -> dict[str, Task]:
-    from noderun.tasks import classification
+    from noderun.tasks import classification, flows
 
-    return {task.name: task for task in (classification.TASK,)}
+    return {task.name: task for task in (classification.TASK, flows.TASK)}
 
 
 TASKS: dict[str, Task] = _registry()
