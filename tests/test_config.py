@@ -3,21 +3,57 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from noderun.config import CONF_DIR
 from noderun.errors import ConfigError
 from noderun.profiling import resolve_device
+from noderun.tasks import TASKS
 from noderun.train import validate
 
 GROUPS = ("model", "solver", "dataset", "profile", "experiment")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 
+def _schema_owner(group: str, option: str) -> str | None:
+    """The task whose `schemas` type conf/<group>/<option>.yaml; None for the root config's schemas."""
+    defaults = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text()).get("defaults", [])
+    for entry in defaults:
+        if isinstance(entry, str) and entry.startswith(f"/schema/{group}/"):
+            name = entry.split("/")[-1].split("@")[0]
+            for task in TASKS.values():
+                if (group, name) in [(g, n) for g, n, _ in task.schemas]:
+                    return task.name
+    return None
+
+
+def _experiment_for(group: str, option: str, task: str) -> str:
+    """An experiment of `task`, preferring one that selects this option itself."""
+    candidates = []
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text()) or {}
+        if spec.get("task") != task:
+            continue
+        chosen = {k: v for entry in spec.get("defaults", []) if isinstance(entry, dict) for k, v in entry.items()}
+        candidates.append((chosen.get(f"override /{group}") != option, path.stem))
+    assert candidates, f"conf/{group}/{option}.yaml belongs to task {task!r}, but no experiment sets task: {task}"
+    return min(candidates)[1]
+
+
+def _overrides(group: str, option: str) -> list[str]:
+    """Options typed by a task's own schema compose with an experiment of that task (the only way
+    they are meant to run: e.g. model=latent_ode with experiment=latent_ode, not with MNIST)."""
+    owner = _schema_owner(group, option) if group in ("model", "dataset") else None
+    if owner is None:
+        return [f"{group}={option}"]
+    return [f"experiment={_experiment_for(group, option, owner)}", f"{group}={option}"]
+
+
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(compose_config, group, option):
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_config(_overrides(group, option))
     if group != "experiment":
         assert cfg[group] is not None
     validate(cfg)

@@ -41,9 +41,9 @@ class Task:
 
 
 def _registry() -> dict[str, Task]:
-    from noderun.tasks import classification, flows
+    from noderun.tasks import classification, flows, spirals
 
-    return {task.name: task for task in (classification.TASK, flows.TASK)}
+    return {task.name: task for task in (classification.TASK, spirals.TASK, flows.TASK)}
 
 
 TASKS: dict[str, Task] = _registry()

@@ -1,0 +1,151 @@
+"""Spirals (Table 2): generator, RMSE, models, smoke runs of both models, table and figure."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from noderun.data.spirals import generate_spirals, rmse
+from noderun.errors import ConfigError
+from noderun.models.latent_ode import LatentODE, RNNBaseline
+from noderun.results import COMMON_COLUMNS
+from noderun.tasks.spirals import COLUMNS, PAPER_TABLE2, TASK, render_table2
+from noderun.train import train, validate
+
+SMALL = dict(n_spirals=40, n_train=30, n_obs=30)
+
+
+def test_generator_shapes():
+    data = generate_spirals(**SMALL)
+    train, test = data.train, data.test
+    assert train.noisy.shape == (30, 100, 2) and test.noisy.shape == (10, 100, 2)
+    assert train.truth.shape == (30, 200, 2) and train.times.shape == (200,)
+    assert train.obs_index.shape == (30, 30) and train.obs_values.shape == (30, 30, 2)
+    assert train.obs_times.shape == (30, 30) and test.extrapolation_truth.shape == (10, 100, 2)
+    assert torch.allclose(train.times[1:] - train.times[:-1], torch.full((199,), 0.01), atol=1e-6)
+
+
+def test_generator_is_deterministic_and_seeded():
+    first, second = generate_spirals(**SMALL), generate_spirals(**SMALL)
+    for name in ("truth", "noisy", "obs_index", "clockwise"):
+        assert torch.equal(getattr(first.train, name), getattr(second.train, name))
+        assert torch.equal(getattr(first.test, name), getattr(second.test, name))
+    other = generate_spirals(**SMALL, seed=1)
+    assert not torch.equal(first.train.noisy, other.train.noisy)
+
+
+def test_directions_are_balanced_and_correct():
+    data = generate_spirals(n_spirals=1000, n_train=800, n_obs=30)
+    clockwise = torch.cat([data.train.clockwise, data.test.clockwise])
+    assert int(clockwise.sum()) == 500
+    truth = torch.cat([data.train.truth, data.test.truth])
+    # sign of the angular velocity: cross product of position and step
+    position, step = truth[:, :-1], truth[:, 1:] - truth[:, :-1]
+    turning = (position[..., 0] * step[..., 1] - position[..., 1] * step[..., 0]).mean(dim=1)
+    assert torch.equal(turning < 0, clockwise)
+    # different starting points, noise of the configured size
+    assert len(torch.unique(truth[:, 0, 0])) > 900
+    noise = data.train.noisy - data.train.truth[:, :100]
+    assert abs(float(noise.std()) - 0.3) < 0.01
+
+
+def test_observations_are_distinct_and_never_in_the_extrapolation_window():
+    for n_obs in (30, 50, 100):
+        split = generate_spirals(n_spirals=20, n_train=10, n_obs=n_obs).train
+        index = split.obs_index
+        assert bool((index[:, 1:] > index[:, :-1]).all())  # sorted, without replacement
+        assert int(index.min()) >= 0 and int(index.max()) < split.n_steps
+        assert float(split.obs_times.max()) < float(split.extrapolation_times.min())
+        assert len(split.extrapolation_times) == 100
+    full = generate_spirals(n_spirals=4, n_train=2, n_obs=100).train
+    assert torch.equal(full.obs_index[0], torch.arange(100))
+
+
+def test_rmse_hand_computed():
+    prediction = torch.zeros(1, 2, 2)
+    target = torch.tensor([[[3.0, 4.0], [0.0, 0.0]]])
+    assert rmse(prediction, target) == pytest.approx(math.sqrt(25 / 4))
+    assert rmse(target, target) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        rmse(prediction, target[:, :1])
+
+
+def test_models_are_batched_and_shaped():
+    split = generate_spirals(**SMALL).train
+    grid = split.times[: split.n_steps]
+    ode = LatentODE(rtol=1e-2, atol=1e-2)
+    loss = ode.loss(split.obs_values, split.obs_times, split.obs_index, grid)
+    loss.backward()
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    assert ode.predict(split.obs_values, split.obs_times, split.times).shape == (30, 200, 2)
+    rnn = RNNBaseline()
+    loss = rnn.loss(split.obs_values, split.obs_times)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert rnn.predict(split.obs_values, split.obs_times, split.extrapolation_times).shape == (30, 100, 2)
+    # paper sizes: recognition 25, latent 4, dynamics 20, decoder 20; RNN 25
+    assert ode.rec_cell.hidden_size == 25 and ode.latent_dim == 4 and rnn.cell.hidden_size == 25
+
+
+SMOKE = ["profile=smoke", "dataset.n_spirals=40", "dataset.n_train=30", "dataset.n_obs=30"]
+
+
+def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tmp_path):
+    rows = []
+    for experiment in ("latent_ode", "rnn_spirals"):
+        cfg = compose_config([f"experiment={experiment}", f"results_dir={tmp_path}", *SMOKE])
+        rows.append(train(cfg, log=lambda *_: None))
+    frame = pd.read_csv(tmp_path / "table2.csv")
+    assert list(frame.columns) == COMMON_COLUMNS + list(COLUMNS) and len(frame) == 2
+    assert list(frame["model"]) == ["latent_ode", "rnn"] and (frame["status"] == "ok").all()
+    assert (frame["task"] == "spirals").all() and (frame["n_obs"] == 30).all() and (frame["iterations"] == 3).all()
+    assert (frame["test_rmse"] > 0).all() and (frame["params"] > 0).all() and (frame["time_per_iter_s"] > 0).all()
+    ode, rnn = frame.iloc[0], frame.iloc[1]
+    assert ode["nfe_forward"] > 0 and ode["method"] == "dopri5" and rnn["nfe_forward"] == 0
+    assert rows[0]["test_rmse"] == pytest.approx(ode["test_rmse"])
+    assert sorted(p.name for p in (tmp_path / "spirals").iterdir()) == [
+        "smoke_n30_latent_ode_seed0.npz", "smoke_n30_rnn_seed0.npz"]
+    written = TASK.figures(tmp_path)
+    assert [p.name for p in written] == ["spirals_smoke_n30.png"] and written[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["experiment=latent_ode", "dataset.n_obs=101"], "dataset.n_obs"),
+        (["experiment=latent_ode", "dataset.n_spirals=999"], "dataset.n_spirals"),
+        (["experiment=rnn_spirals", "model.lr=0"], "model.lr"),
+        (["experiment=rnn_spirals", "model.cell=lstm"], "valid cells"),
+        (["experiment=latent_ode", "model=mlp"], "model.name"),
+        (["experiment=latent_ode", "dataset=mnist"], "dataset.name"),
+        (["experiment=latent_ode", "~model.iterations.smoke", "profile=smoke"], "profile"),
+    ],
+)
+def test_invalid_values_are_rejected(compose_config, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(overrides))
+
+
+def _row(model, n_obs, rmse_value, seed=0, status="ok"):
+    return {"model": model, "n_obs": n_obs, "test_rmse": rmse_value, "seed": seed, "status": status,
+            "profile": "quick"}
+
+
+def test_table_renders_mean_std_paper_values_and_missing_cells():
+    frame = pd.DataFrame([_row("latent_ode", 30, 0.2, 0), _row("latent_ode", 30, 0.4, 1),
+                          _row("rnn", 100, 0.5), _row("rnn", 50, None, status="failed: diverged")])
+    text = render_table2(frame, "quick")
+    lines = text.splitlines()
+    rnn = next(line for line in lines if line.startswith("| RNN"))
+    ode = next(line for line in lines if line.startswith("| Latent ODE"))
+    assert "0.3000 ± 0.1414" in ode and ode.count("not run") == 2
+    assert "0.5000" in rnn and "failed" in rnn and rnn.count("not run") == 1
+    for model, paper in PAPER_TABLE2.items():
+        line = rnn if model == "rnn" else ode
+        assert all(f"{paper[n]:.4f}" in line for n in (30, 50, 100))
+    empty = render_table2(pd.DataFrame(columns=["model", "n_obs", "test_rmse", "status", "profile"]), "quick")
+    assert empty.count("not run") == 6
