@@ -39,7 +39,6 @@ class SolverConfig:
     adjoint: Optional[bool] = None  # None: the model's own choice (ODE-Net adjoint, RK-Net backprop)
     seminorm: bool = False  # adjoint backward: leave parameter channels out of the error norm
     max_num_steps: int = 10_000
-    backend: str = "native"  # native (noderun.ode) or torchdiffeq
 
 
 @dataclass

@@ -36,8 +36,6 @@ def validate_common(cfg: DictConfig) -> Task:
         (solver.max_num_steps >= 1, "solver.max_num_steps", solver.max_num_steps, "it must be >= 1"),
         (solver.step_size is None or solver.step_size > 0, "solver.step_size", solver.step_size,
          "it must be null or > 0"),
-        (solver.backend in ("native", "torchdiffeq"), "solver.backend", solver.backend,
-         "valid backends: ['native', 'torchdiffeq']"),
     ]
     for ok, key, value, accepted in checks:
         if not ok:

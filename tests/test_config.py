@@ -89,7 +89,6 @@ def test_wrong_type_fails_at_composition(compose_config):
         ("profile.batch_size=0", "profile.batch_size"),
         ("solver.rtol=0", "solver.rtol"),
         ("solver.method=dopri6", "valid methods"),
-        ("solver.backend=scipy", "valid backends"),
         ("device=tpu", "device"),
     ],
 )

@@ -151,7 +151,6 @@ def test_smoke_runs_write_rows(compose_config, tmp_path, overrides):
         ("model.trace=exactly", "model.trace"),
         ("model.iterations.smoke=0", "model.iterations.smoke"),
         ("~model.iterations.smoke", "model.iterations"),
-        ("solver.backend=torchdiffeq", "solver.backend"),
     ],
 )
 def test_invalid_values_are_rejected(compose_config, override, message):

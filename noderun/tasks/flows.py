@@ -136,8 +136,6 @@ def validate_config(cfg: DictConfig) -> None:
     for name, tol in model.tolerance.items():
         _require(tol > 0, f"model.tolerance.{name}", tol, "it must be > 0")
     if model.name == "planar_cnf":
-        _require(cfg.solver.backend == "native", "solver.backend", cfg.solver.backend,
-                 "the flows task solves with noderun.ode: valid backends: ['native']")
         from noderun.ode.methods import get_method
 
         if not get_method(cfg.solver.method).adaptive:
