@@ -59,6 +59,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     task = validate(cfg)
     check_writable(cfg.results_dir)
     run_id = new_run_id()
+    commit = git_commit()  # the code that runs, even if the checkout changes during a long run
     metrics = task.run(cfg, log=log)
     row = {
         "run_id": run_id,
@@ -69,7 +70,7 @@ def train(cfg: DictConfig, log=print) -> dict:
         "profile": cfg.profile.name,
         "seed": cfg.seed,
         "torch_version": torch.__version__,
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "config": json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
         **metrics,
     }
