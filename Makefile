@@ -42,6 +42,7 @@ table: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ode.py
+	$(BIN)/python benchmarks/bench_data.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache
