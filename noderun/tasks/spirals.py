@@ -36,7 +36,6 @@ PAPER_TABLE2 = {
 }
 N_OBS = (30, 50, 100)
 MODELS = tuple(PAPER_TABLE2)
-PROFILES = ("smoke", "quick", "paper")
 CELLS = ("gru", "rnn")
 N_FIGURE = 4  # test trajectories each run keeps for the figure
 
@@ -67,10 +66,10 @@ class LatentODEModelConfig:
     cell: str = "gru"  # recognition cell: gru or rnn (tanh)
     obs_std: float = 0.3  # fixed std of the Gaussian likelihood p(x | z)
     adjoint: bool = False  # gradients through the solver (False) or the adjoint (True); solver.adjoint overrides
-    lr: float = 0.01  # Adam, cosine-annealed to lr_min over the iterations
-    lr_min: float = 0.0005
+    lr: float = 0.05  # Adam, cosine-annealed to lr_min over the iterations
+    lr_min: float = 0.0025
     batch_size: Optional[int] = None  # None: all training trajectories each iteration
-    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 600, "paper": 2000})
+    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 800, "paper": 3000})
     threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
 
 
@@ -82,10 +81,10 @@ class RNNModelConfig:
     hidden: int = 25
     cell: str = "gru"  # gru or rnn (tanh)
     gap_scale: float = 10.0  # the time gap enters the cell multiplied by this
-    lr: float = 0.01
-    lr_min: float = 0.0005
+    lr: float = 0.05
+    lr_min: float = 0.0025
     batch_size: Optional[int] = None
-    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 600, "paper": 2000})
+    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 800, "paper": 3000})
     threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
 
 
