@@ -9,15 +9,17 @@ activation memory, time per iteration and function evaluations (NFE).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from noderun.data.batching import epoch_batches, random_crop, to_float
 from noderun.data.mnist import load_mnist
@@ -110,6 +112,30 @@ def _stats_context(has_ode: bool):
     return track_stats()
 
 
+def checkpoint_path(results_dir, experiment: str, model: str, profile: str, seed: int) -> Path:
+    """Where a run's final weights and history go; a rerun of the same cell replaces them."""
+    return Path(results_dir) / "checkpoints" / f"{experiment}-{model}-{profile}-seed{seed}.pt"
+
+
+def save_checkpoint(cfg: DictConfig, model: torch.nn.Module, history: dict) -> Path:
+    """Final weights, the resolved config and the training history, written atomically.
+
+    The history holds per-epoch test/train error, loss and time, and the per-iteration
+    forward/backward NFE of every epoch (lists of lists), for the training-curve plots.
+    """
+    path = checkpoint_path(cfg.results_dir, cfg.experiment_name, cfg.model.name, cfg.profile.name, cfg.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "history": history,
+    }
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def train_classifier(cfg: DictConfig, log=print) -> dict:
     profile = cfg.profile
     device = resolve_device(cfg.device)
@@ -141,6 +167,9 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
 
     memory_bytes, cuda_peak = None, None
     iteration_times: list[float] = []
+    # Per-epoch curves and per-iteration NFE, saved with the weights for the plots.
+    history: dict[str, list] = {"epoch": [], "test_error": [], "train_error": [], "train_loss": [],
+                                "epoch_time_s": [], "nfe_forward": [], "nfe_backward": []}
     train_start = time.perf_counter()
     epoch_time = 0.0
     for epoch in range(1, profile.epochs + 1):
@@ -194,6 +223,10 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
         train_error = 100.0 * wrong / seen
         mean_nfe_f = statistics.fmean(nfe_forward) if nfe_forward else 0.0
         mean_nfe_b = statistics.fmean(nfe_backward) if nfe_backward else 0.0
+        for key, value in (("epoch", epoch), ("test_error", test_error), ("train_error", train_error),
+                           ("train_loss", loss_sum / seen), ("epoch_time_s", epoch_time),
+                           ("nfe_forward", nfe_forward), ("nfe_backward", nfe_backward)):
+            history[key].append(value)
         line = (f"epoch {epoch}/{profile.epochs} loss {loss_sum / seen:.4f} train_err {train_error:.2f}% "
                 f"test_err {test_error:.2f}% time {epoch_time:.1f}s")
         if has_ode:
@@ -203,6 +236,7 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
         progress.close()
     log(f"[noderun] {cfg.model.name}: test error {test_error:.2f}%")
     train_time = time.perf_counter() - train_start
+    save_checkpoint(cfg, model, history)
 
     solver = cfg.solver
     block = ode_blocks(model)[0] if has_ode else None
