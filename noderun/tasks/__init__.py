@@ -41,9 +41,9 @@ class Task:
 
 
 def _registry() -> dict[str, Task]:
-    from noderun.tasks import classification, flows, spirals
+    from noderun.tasks import classification, flows, nfe_sweep, spirals
 
-    return {task.name: task for task in (classification.TASK, spirals.TASK, flows.TASK)}
+    return {task.name: task for task in (classification.TASK, spirals.TASK, flows.TASK, nfe_sweep.TASK)}
 
 
 TASKS: dict[str, Task] = _registry()

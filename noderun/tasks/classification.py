@@ -25,6 +25,7 @@ from noderun.data.batching import epoch_batches, random_crop, to_float
 from noderun.data.mnist import load_mnist
 from noderun.errors import ConfigError
 from noderun.models import build_model, ode_blocks
+from noderun.plots import classification_figures
 from noderun.profiling import SavedTensorMeter, device_name, resolve_device, synchronize
 from noderun.results import fit_slope, markdown, mean_std
 from noderun.tasks import Task
@@ -349,4 +350,5 @@ TASK = Task(
     columns=COLUMNS,
     numeric_columns=NUMERIC_COLUMNS,
     render=render,
+    figures=classification_figures,
 )
