@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= quick
 SEEDS ?= 0
 
-.PHONY: install test test-all reproduce table1 depth table bench data clean
+.PHONY: install test test-all reproduce table1 depth figure3 table2 flows table plot bench data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ test-all: $(STAMP)
 data: $(STAMP)
 	$(BIN)/noderun data
 
-## Table 1 (all four rows), the depth experiment, then the tables. PROFILE=quick|paper, SEEDS=0,1,2
-reproduce: $(STAMP) data table1 depth table
+## Everything: Table 1, depth, Figure 3, Table 2, the flows, then tables and figures. PROFILE=quick|paper, SEEDS=0,1,2
+reproduce: $(STAMP) data table1 depth figure3 table2 flows table plot
 
 table1: $(STAMP)
 	$(BIN)/noderun train -m model=mlp,resnet,rknet,odenet profile=$(PROFILE) seed=$(SEEDS)
@@ -37,8 +37,26 @@ depth: $(STAMP)
 	$(BIN)/noderun train -m experiment=depth_resnet profile=$(PROFILE) seed=$(SEEDS)
 	$(BIN)/noderun train -m experiment=depth_ode profile=$(PROFILE) seed=$(SEEDS)
 
+## Figure 3 (a)-(c): tolerance sweep of the ODE-Net that table1 trained.
+figure3: $(STAMP)
+	$(BIN)/noderun train -m experiment=figure3 profile=$(PROFILE) seed=$(SEEDS)
+
+## Table 2: latent ODE and RNN on spirals with 30, 50 and 100 observations.
+table2: $(STAMP)
+	$(BIN)/noderun train -m experiment=latent_ode,rnn_spirals dataset.n_obs=30,50,100 profile=$(PROFILE) seed=$(SEEDS)
+
+## Figures 4 and 5: planar NF and planar CNF, density matching and maximum likelihood.
+flows: $(STAMP)
+	$(BIN)/noderun train -m experiment=density_nf profile=$(PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=density_cnf profile=$(PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=mle_nf profile=$(PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=mle_cnf profile=$(PROFILE) seed=$(SEEDS)
+
 table: $(STAMP)
 	$(BIN)/noderun table
+
+plot: $(STAMP)
+	$(BIN)/noderun plot
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ode.py
