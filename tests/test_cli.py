@@ -57,3 +57,9 @@ def test_train_then_table_end_to_end(tmp_path, mnist_dir):
 def test_table_on_an_empty_folder_does_not_crash(tmp_path):
     proc = run_cli("table", f"results_dir={tmp_path}")
     assert proc.returncode == 0 and "not run" in proc.stdout
+
+
+def test_model_of_another_task_is_refused_with_a_hint(tmp_path):
+    proc = run_cli("train", "model=latent_ode", "profile=smoke", f"results_dir={tmp_path / 'r'}")
+    assert proc.returncode == 2 and "experiment=latent_ode" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from noderun.data.batching import epoch_batches, random_crop, to_float
 from noderun.data.mnist import load_mnist
 from noderun.errors import ConfigError
-from noderun.models import build_model, ode_blocks
+from noderun.models import MODEL_BUILDERS, build_model, ode_blocks
 from noderun.plots import classification_figures
 from noderun.profiling import SavedTensorMeter, device_name, resolve_device, synchronize
 from noderun.results import fit_slope, markdown, mean_std
@@ -76,6 +76,9 @@ def validate_config(cfg: DictConfig) -> None:
     if profile.train_size is not None:
         require(profile.train_size >= profile.batch_size, "profile.train_size", profile.train_size,
                 f"it must be at least profile.batch_size={profile.batch_size}")
+    require(cfg.model.name in MODEL_BUILDERS, "model", cfg.model.name,
+            f"the classification task takes: {sorted(MODEL_BUILDERS)} (other models run with their experiment, "
+            "e.g. experiment=latent_ode)")
     require(cfg.dataset.name == "mnist", "dataset.name", cfg.dataset.name, "the classification task takes: ['mnist']")
     require(cfg.dataset.crop_padding >= 0, "dataset.crop_padding", cfg.dataset.crop_padding, "it must be >= 0")
 
