@@ -183,7 +183,7 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
         for step, index in enumerate(epoch_batches(len(train_images), profile.batch_size, generator)):
             measure_memory = epoch == 1 and step == 0
             x = to_float(train_images[index])
-            if cfg.dataset.augment:
+            if cfg.model.augment:
                 x = random_crop(x, cfg.dataset.crop_padding, generator)
             y = train_labels[index]
             meter = SavedTensorMeter() if measure_memory else nullcontext()
