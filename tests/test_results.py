@@ -86,6 +86,15 @@ def test_table1_aggregates_seeds_and_marks_missing_rows(tmp_path):
     assert "not run" in next(line for line in text.splitlines() if "ODE-Net" in line)
 
 
+def test_a_rerun_of_a_cell_replaces_it_in_the_mean(tmp_path):
+    path = tmp_path / "table1.csv"
+    append_row(path, row(run_id="old", seed=0, test_error=9.0, timestamp="2026-01-01T00:00:00+00:00"), COLUMNS)
+    append_row(path, row(run_id="new", seed=0, test_error=2.0, timestamp="2026-01-02T00:00:00+00:00"), COLUMNS)
+    append_row(path, row(run_id="s1", seed=1, test_error=4.0, timestamp="2026-01-01T00:00:00+00:00"), COLUMNS)
+    mlp_line = next(line for line in render_table1(read_results(tmp_path), "quick").splitlines() if "MLP" in line)
+    assert "3.00 ± 1.41" in mlp_line and "| 2 " in mlp_line
+
+
 def test_render_all_with_no_results_shows_every_row_as_not_run(tmp_path):
     text = render_all(read_results(tmp_path))
     assert "No results yet" in text and text.count("not run") == 4

@@ -273,10 +273,22 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
 # ------------------------------------------------------------------------- tables
 
 
+# What makes two rows the same cell: a rerun of a cell replaces the earlier row in the tables,
+# so a repeated seed is never counted twice in a mean.
+CELL_KEY = ["experiment", "model", "profile", "seed", "method", "rtol", "atol", "adjoint", "n_blocks",
+            "train_size", "epochs"]
+
+
+def latest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
+    """The most recent row of every cell (by timestamp)."""
+    ordered = frame.sort_values("timestamp", kind="stable")
+    return ordered.drop_duplicates(subset=[c for c in CELL_KEY if c in ordered], keep="last")
+
+
 def render_table1(frame: pd.DataFrame, profile: str) -> str:
     """Table 1 (MNIST) for one profile: our measurements beside the paper's values."""
     rows = []
-    ok = frame[(frame["experiment"] == "table1") & (frame["profile"] == profile)]
+    ok = latest_per_cell(frame[(frame["experiment"] == "table1") & (frame["profile"] == profile)])
     for model, paper in PAPER_TABLE1.items():
         runs = ok[ok["model"] == model]
         finished = runs[runs["status"] == "ok"]
@@ -314,7 +326,8 @@ def fit_slope(x: pd.Series, y: pd.Series) -> float:
 
 def render_depth(frame: pd.DataFrame, profile: str) -> str:
     """Memory and time against depth L (ResNet) or evaluations L~ (RK-Net, ODE-Net), with fitted slopes."""
-    runs = frame[(frame["experiment"] == "depth") & (frame["profile"] == profile) & (frame["status"] == "ok")].copy()
+    runs = latest_per_cell(frame[(frame["experiment"] == "depth") & (frame["profile"] == profile)])
+    runs = runs[runs["status"] == "ok"].copy()
     if runs.empty:
         return "(depth experiment not run)"
     runs["depth"] = np.where(runs["model"] == "resnet", runs["n_blocks"], runs["nfe_forward"])
