@@ -66,10 +66,10 @@ class LatentODEModelConfig:
     cell: str = "gru"  # recognition cell: gru or rnn (tanh)
     obs_std: float = 0.3  # fixed std of the Gaussian likelihood p(x | z)
     adjoint: bool = False  # gradients through the solver (False) or the adjoint (True); solver.adjoint overrides
-    lr: float = 0.05  # Adam, cosine-annealed to lr_min over the iterations
-    lr_min: float = 0.0025
+    lr: float = 0.01  # Adam, cosine-annealed to lr_min over the iterations
+    lr_min: float = 0.0005
     batch_size: Optional[int] = None  # None: all training trajectories each iteration
-    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 800, "paper": 3000})
+    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 1500, "paper": 4000})
     threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
 
 
@@ -81,10 +81,10 @@ class RNNModelConfig:
     hidden: int = 25
     cell: str = "gru"  # gru or rnn (tanh)
     gap_scale: float = 10.0  # the time gap enters the cell multiplied by this
-    lr: float = 0.05
-    lr_min: float = 0.0025
+    lr: float = 0.01
+    lr_min: float = 0.0005
     batch_size: Optional[int] = None
-    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 800, "paper": 3000})
+    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 1500, "paper": 4000})
     threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
 
 
@@ -100,9 +100,9 @@ class SpiralsDatasetConfig:
     n_extrapolate: int = 100  # time points after it on which RMSE is measured
     a: float = 0.0  # r = a + b * theta
     b: float = 0.3
-    theta_min: float = 0.0
+    theta_min: float = 6 * math.pi * 100 / 499  # where the authors' example starts: away from the centre
     theta_max: float = 6 * math.pi
-    n_base: int = 1000  # angles discretising [theta_min, theta_max]; a trajectory is a stretch of consecutive ones
+    n_base: int = 800  # angles discretising [theta_min, theta_max]; a trajectory is a stretch of consecutive ones
     dt: float = 0.01  # time between grid points
     noise_std: float = 0.3  # Gaussian noise of the observations
     seed: int = 0  # the data set's own seed: the same data whatever the training seed
