@@ -67,7 +67,7 @@ class SweepDatasetConfig:
 
     name: str = "mnist"
     test_size: Dict[str, Optional[int]] = field(
-        default_factory=lambda: {"smoke": 64, "quick": 1000, "paper": None})  # per profile; None: all 10,000
+        default_factory=lambda: {"smoke": 64, "quick": 256, "paper": None})  # per profile; None: all 10,000
     batch_size: int = 128  # the training batch size: NFE per batch as in training
     reference_method: str = "dopri5"
     reference_rtol: float = 1e-8
