@@ -341,6 +341,8 @@ def render_depth(frame: pd.DataFrame, profile: str) -> str:
             rows.append([PAPER_TABLE1[model]["label"], setting, f"{r['depth']:.1f}", f"{r['nfe_backward']:.1f}",
                          f"{r['memory_mib']:.2f}", f"{r['time_per_iter_s']:.3f}"])
         mem_slope = fit_slope(part["depth"], part["memory_mib"]) * 1024 * 1024
+        if math.isfinite(mem_slope):
+            mem_slope = round(mem_slope) + 0  # a flat fit prints as 0, not -0
         time_slope = fit_slope(part["depth"], part["time_per_iter_s"])
         spread = (part["memory_mib"].max() - part["memory_mib"].min()) / part["memory_mib"].mean() * 100
         slopes.append([PAPER_TABLE1[model]["label"], "block" if model == "resnet" else "evaluation",
