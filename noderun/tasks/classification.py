@@ -316,14 +316,6 @@ def render_table1(frame: pd.DataFrame, profile: str) -> str:
     return markdown(rows, headers)
 
 
-def fit_slope(x: pd.Series, y: pd.Series) -> float:
-    mask = x.notna() & y.notna()
-    if mask.sum() < 2 or x[mask].nunique() < 2:
-        return math.nan
-    slope, _ = np.polyfit(x[mask].astype(float), y[mask].astype(float), 1)
-    return float(slope)
-
-
 def render_depth(frame: pd.DataFrame, profile: str) -> str:
     """Memory and time against depth L (ResNet) or evaluations L~ (RK-Net, ODE-Net), with fitted slopes."""
     runs = latest_per_cell(frame[(frame["experiment"] == "depth") & (frame["profile"] == profile)])
