@@ -30,7 +30,8 @@ LABELS = {"mlp": "1-Layer MLP", "resnet": "ResNet", "rknet": "RK-Net", "odenet":
 COLORS = {"mlp": "tab:gray", "resnet": "tab:green", "rknet": "tab:orange", "odenet": "tab:blue"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures go to files, never to a display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,11 +40,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write `fig` as a PNG at `path` (creating its folder), close it, return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
@@ -74,7 +76,7 @@ def plot_nfe_sweep(frame: pd.DataFrame, path: Path, title: str = "Figure 3 (a)-(
     Needs columns seminorm, rtol, nfe_forward, nfe_backward, ode_error, forward_time_s;
     several seeds of one (seminorm, rtol) are averaged.
     """
-    plt = _pyplot()
+    plt = pyplot()
     data = frame.copy()
     data["seminorm"] = _is_true(data["seminorm"])
     for column in ("rtol", "nfe_forward", "nfe_backward", "ode_error", "forward_time_s"):
@@ -110,12 +112,12 @@ def plot_nfe_sweep(frame: pd.DataFrame, path: Path, title: str = "Figure 3 (a)-(
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_nfe_training(history: Mapping, path: Path, title: str = "Figure 3 (d)") -> Path:
     """An ODE-Net history (nfe_forward: per-iteration counts per epoch) -> forward NFE through training."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [list(counts) for counts in history["nfe_forward"]]
     values = [count for counts in epochs for count in counts]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -131,12 +133,12 @@ def plot_nfe_training(history: Mapping, path: Path, title: str = "Figure 3 (d)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_depth(frame: pd.DataFrame, path: Path, title: str = "Memory and time against depth") -> Path:
     """Rows of depth.csv (one profile) -> memory and time per iteration against L or L~, with fitted lines."""
-    plt = _pyplot()
+    plt = pyplot()
     data = frame.copy()
     for column in ("n_blocks", "nfe_forward", "memory_mib", "time_per_iter_s"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
@@ -161,12 +163,12 @@ def plot_depth(frame: pd.DataFrame, path: Path, title: str = "Memory and time ag
                 ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(histories: Mapping[str, Mapping], path: Path, title: str = "Training curves") -> Path:
     """{label: history} -> test error (%) per epoch; a label starting with a model name takes its colour."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, history in histories.items():
         model = str(label).split()[0]
@@ -187,7 +189,7 @@ def plot_training_curves(histories: Mapping[str, Mapping], path: Path, title: st
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------- task hooks

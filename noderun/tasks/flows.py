@@ -382,10 +382,9 @@ def _target_density(target: str) -> np.ndarray:
 
 
 def figures(results_dir: Path) -> list[Path]:
-    import matplotlib
+    from noderun.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
     root = Path(results_dir) / "flows"
@@ -414,11 +413,7 @@ def figures(results_dir: Path) -> list[Path]:
                 ax.set_xticks([])
                 ax.set_yticks([])
             fig.tight_layout()
-            path = out / f"flows_density_{profile}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=80)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_figure(fig, out / f"flows_density_{profile}.png", dpi=80))
         for data_name in TOY_DATASETS:
             cnf = next(iter(sorted(folder.glob(f"mle_{data_name}_planar_cnf_w*_s*.npz"))), None)
             nf = next(iter(sorted(folder.glob(f"mle_{data_name}_planar_nf_w*_s*.npz"))), None)
@@ -450,11 +445,7 @@ def figures(results_dir: Path) -> list[Path]:
                 axes[row, -1].imshow(arrays["density"], origin="lower", extent=extent, cmap="viridis")
                 axes[row, -1].set_title("density" if row == 0 else "")
             fig.tight_layout()
-            path = out / f"flows_mle_{data_name}_{profile}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=80)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_figure(fig, out / f"flows_mle_{data_name}_{profile}.png", dpi=80))
     return written
 
 

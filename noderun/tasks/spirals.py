@@ -398,13 +398,10 @@ def figures(results_dir: Path) -> list[Path]:
             current[model] = path
     if not groups:
         return []
-    import matplotlib
+    from noderun.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir = Path(results_dir) / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for (profile, n_obs), paths in sorted(groups.items()):
         loaded = {model: np.load(path) for model, path in paths.items()}
@@ -432,10 +429,7 @@ def figures(results_dir: Path) -> list[Path]:
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
         fig.suptitle(f"Spirals, {n_obs} observations (profile={profile})", fontsize=10)
         fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-        path = out_dir / f"spirals_{profile}_n{n_obs}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"spirals_{profile}_n{n_obs}.png"))
     return written
 
 
