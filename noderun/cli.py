@@ -29,11 +29,12 @@ commands:
 
 # Errors whose message is the whole story: print one line, exit 2.
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from noderun.checkpoint import CheckpointError
     from noderun.data.mnist import MNISTDataError
     from noderun.errors import ConfigError
     from noderun.results import ResultsError
 
-    return ConfigError, MNISTDataError, ResultsError
+    return ConfigError, MNISTDataError, ResultsError, CheckpointError
 
 
 def _fail(error: BaseException, code: int = 2) -> None:
@@ -44,14 +45,20 @@ def _fail(error: BaseException, code: int = 2) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def train_command(cfg: DictConfig) -> None:
+    from tqdm import tqdm
+
+    from noderun.checkpoint import RunInterrupted
     from noderun.train import train
 
     try:
-        train(cfg)
+        train(cfg, log=tqdm.write)  # tqdm.write: lines print above the progress bar, not through it
     except _user_errors() as error:
         _fail(error)
+    except RunInterrupted:
+        sys.exit(130)  # Ctrl-C: the checkpoint is saved and the run said how to resume
     except (FloatingPointError, RuntimeError) as error:
-        # Solver failures (step underflow, max_num_steps) and divergence: say so in one line.
+        # Solver failures (step underflow, max_num_steps), divergence, out of memory: one line.
+        # The run has recorded a failed row and kept its checkpoint and log.
         _fail(error, code=1)
 
 
@@ -98,6 +105,72 @@ def plot_command(cfg: DictConfig) -> None:
         print(f"[noderun] nothing to plot yet under {cfg.results_dir}")
 
 
+def one_line(error: BaseException) -> str:
+    """Hydra's multi-line composition messages as one line: the message lines joined, the option
+    lists comma-separated, the internal detail (full_key, reference_type, ...) left out."""
+    skip = ("full_key:", "reference_type", "object_type", "To append", "Set the environment variable",
+            "Config search path", "provider=", "See https://hydra.cc")
+    texts, cause = [], error
+    while cause is not None:  # Hydra wraps the useful detail (the type error) as the cause
+        texts.append(str(cause))
+        cause = cause.__cause__
+    parts, options = [], []
+    for raw in "\n".join(texts).splitlines():
+        line = raw.strip()
+        if not line or line.startswith(skip):
+            continue
+        if raw.startswith("\t"):
+            options.append(line)
+            continue
+        if options:
+            parts[-1] += ": " + ", ".join(options)
+            options = []
+        line = line.rstrip(".:")
+        if line not in parts:
+            parts.append(line)
+    if options:
+        parts[-1] += ": " + ", ".join(options)
+    return "; ".join(parts) or type(error).__name__
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose the config for every value of every sweep before Hydra starts, so a bad override
+    (unknown key or option, wrong type) gets one `noderun: error:` line and exit 2, before any job runs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    user = [o for o in overrides if not o.startswith("-") and not o.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(user)
+    except Exception as error:  # a syntax error in an override
+        _fail(RuntimeError(one_line(error)))
+    first = list(user)
+    variants = []
+    for index, (override, text) in enumerate(zip(parsed, user)):
+        if not override.is_sweep_override():
+            continue
+        key = text.split("=", 1)[0]
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # e.g. glob(): left to Hydra
+            continue
+        first[index] = f"{key}={values[0]}"
+        variants += [(index, f"{key}={value}") for value in values[1:]]
+    candidates = [first]
+    for index, text in variants:
+        candidates.append(first[:index] + [text] + first[index + 1 :])
+    for candidate in candidates:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                compose(config_name=config_name, overrides=candidate)
+        except Exception as error:
+            _fail(RuntimeError(one_line(error)))
+        finally:
+            GlobalHydra.instance().clear()
+
+
 COMMANDS = {"train": train_command, "table": table_command, "data": data_command, "plot": plot_command}
 
 
@@ -122,9 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"noderun: error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    register_configs()
     if command == "train" and not any(a in ("--help", "-h", "--cfg", "-c", "--info", "-i") for a in overrides):
         overrides = _default_profile(overrides)
-    register_configs()
+        check_overrides("config", overrides)
     sys.argv = [f"noderun-{command}", *overrides]
     COMMANDS[command]()
 

@@ -81,6 +81,10 @@ class Config:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     results_dir: str = "results"
     data_dir: str = "data"
+    # Re-running a command continues its run from the last checkpoint (resume=false starts over);
+    # a run that already finished is skipped unless force=true (noderun.checkpoint).
+    resume: bool = True
+    force: bool = False
 
 
 @dataclass

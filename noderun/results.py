@@ -92,8 +92,12 @@ def check_writable(results_dir: str | os.PathLike) -> None:
         raise ResultsError(f"results_dir={folder} is not writable; choose another results_dir")
 
 
-def append_row(path: str | os.PathLike, row: dict, columns: list[str]) -> None:
-    """Append one row under an exclusive lock: whole line, one write, fsync."""
+def append_row(path: str | os.PathLike, row: dict, columns: list[str], unique_key: str | None = None) -> bool:
+    """Append one row under an exclusive lock: whole line, one write, fsync.
+
+    unique_key: a column (run_id) whose value must not be in the file yet; if it is, nothing is
+    appended. Returns whether the row was appended.
+    """
     path = Path(path)
     line = format_row(row, columns).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +115,22 @@ def append_row(path: str | os.PathLike, row: dict, columns: list[str]) -> None:
                     f"{path} has a different header than this version of noderun writes; "
                     "move it aside or choose another results_dir"
                 )
+            if unique_key is not None and _has_value(fd, columns.index(unique_key), str(row[unique_key])):
+                return False
         os.write(fd, line)
         os.fsync(fd)
+        return True
     finally:
         os.close(fd)  # also releases the lock
+
+
+def _has_value(fd: int, column: int, value: str) -> bool:
+    """Whether any complete row of the open CSV has `value` in `column`."""
+    content = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+    try:
+        return any(len(record) > column and record[column] == value for record in csv.reader(io.StringIO(content)))
+    except csv.Error:  # a damaged file: fall back to a plain search (a false "present" only skips a duplicate)
+        return value in content
 
 
 # ------------------------------------------------------------------------- reading

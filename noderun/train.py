@@ -1,13 +1,15 @@
 """`train(cfg) -> dict`: one run of any task, one result row. The CLI only wraps it.
 
 Checks every value before any work (the common ones here, the task's own in its
-module), runs the task named by `cfg.task`, and appends one row to
-``<results_dir>/<experiment_name>.csv``.
+module), runs the task named by `cfg.task` in its run directory (resumable, see
+noderun.checkpoint), and appends exactly one row to ``<results_dir>/<experiment_name>.csv``:
+status "ok" with the task's measurements, or "failed: <reason>".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,8 +17,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from noderun.checkpoint import RunDirectory, RunInterrupted
 from noderun.errors import ConfigError
-from noderun.profiling import git_commit, resolve_device
+from noderun.profiling import device_name, git_commit, resolve_device
 from noderun.results import COMMON_COLUMNS, append_row, check_writable
 from noderun.tasks import TASKS, Task
 
@@ -31,11 +34,11 @@ def validate_common(cfg: DictConfig) -> Task:
     solver = cfg.solver
     checks = [
         (solver.method in METHODS, "solver.method", solver.method, f"valid methods: {sorted(METHODS)}"),
-        (solver.rtol > 0, "solver.rtol", solver.rtol, "it must be > 0"),
-        (solver.atol > 0, "solver.atol", solver.atol, "it must be > 0"),
+        (math.isfinite(solver.rtol) and solver.rtol > 0, "solver.rtol", solver.rtol, "it must be a finite number > 0"),
+        (math.isfinite(solver.atol) and solver.atol > 0, "solver.atol", solver.atol, "it must be a finite number > 0"),
         (solver.max_num_steps >= 1, "solver.max_num_steps", solver.max_num_steps, "it must be >= 1"),
-        (solver.step_size is None or solver.step_size > 0, "solver.step_size", solver.step_size,
-         "it must be null or > 0"),
+        (solver.step_size is None or (math.isfinite(solver.step_size) and solver.step_size > 0),
+         "solver.step_size", solver.step_size, "it must be null or a finite number > 0"),
     ]
     for ok, key, value, accepted in checks:
         if not ok:
@@ -54,27 +57,80 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
+def failure_reason(error: BaseException) -> str | None:
+    """The one-line reason a run failed, or None for errors that are bugs rather than run failures.
+
+    Run failures: divergence (NaN or infinite loss), the ODE solver giving up (step underflow,
+    max_num_steps, non-finite state) and running out of memory.
+    """
+    from noderun.ode.errors import ODESolverError
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, (FloatingPointError, ODESolverError)):
+        return text[:300]
+    if isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in text):
+        return f"out of memory: {text[:200]}"
+    return None
+
+
 def train(cfg: DictConfig, log=print) -> dict:
-    """Run one experiment described by a composed config; append and return its result row."""
+    """Run (or resume) one experiment described by a composed config; append and return its result row.
+
+    A run whose directory (noderun.checkpoint.run_dir) holds a checkpoint continues from it;
+    a finished one is skipped and its row returned, unless cfg.force. A run that fails
+    (divergence, solver failure, out of memory) appends a row with status "failed: <reason>",
+    keeps its checkpoint and log, and re-raises.
+    """
     task = validate(cfg)
     check_writable(cfg.results_dir)
-    run_id = new_run_id()
-    commit = git_commit()  # the code that runs, even if the checkout changes during a long run
-    metrics = task.run(cfg, log=log)
+    run_dir = RunDirectory(cfg, resume=cfg.resume and not cfg.force)
+    finished = run_dir.finished_row()
+    if finished is not None:
+        log(f"[noderun] already finished: run {finished.get('run_id')} in {run_dir.path} "
+            "(force=true runs it again)")
+        return finished
+    meta = run_dir.meta(new_run_id(), git_commit())  # commit at the start: the code that runs
+    log = run_dir.tee(log)
+    state = run_dir.load()
+    if state is not None:
+        log(f"[noderun] resuming run {meta['run_id']} from {run_dir.checkpoint_path}")
     row = {
-        "run_id": run_id,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": meta["run_id"],
         "experiment": cfg.experiment_name,
         "task": task.name,
-        "status": "ok",
         "profile": cfg.profile.name,
         "seed": cfg.seed,
         "torch_version": torch.__version__,
-        "git_commit": commit,
+        "git_commit": meta["git_commit"],
         "config": json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
-        **metrics,
     }
     path = Path(cfg.results_dir) / f"{cfg.experiment_name}.csv"
-    append_row(path, row, COMMON_COLUMNS + list(task.columns))
-    log(f"[noderun] result row -> {path} (run {run_id})")
+    columns = COMMON_COLUMNS + list(task.columns)
+    try:
+        with run_dir.stop_on_interrupt():
+            metrics = task.run(cfg, log=log, run=run_dir)
+    except RunInterrupted as interrupted:
+        log(f"[noderun] {interrupted}; rerun the same command to resume")
+        raise
+    except Exception as error:
+        reason = failure_reason(error)
+        if reason is None:
+            raise
+        device = resolve_device(cfg.device)
+        failed = {**row, **(task.describe(cfg) if task.describe else {}), "status": f"failed: {reason}",
+                  "timestamp": _now(), "device": device.type, "device_name": device_name(device)}
+        append_row(path, failed, columns, unique_key="run_id")
+        log(f"[noderun] run failed ({reason}); row marked failed -> {path}; "
+            f"checkpoint and log kept in {run_dir.path}")
+        run_dir.forget_run_id()  # a retry (same command) continues from the checkpoint as a new run id
+        raise
+    row.update({"timestamp": _now(), "status": "ok", **metrics})
+    # unique_key: a run killed between this append and mark_finished appends nothing on its rerun.
+    append_row(path, row, columns, unique_key="run_id")
+    run_dir.mark_finished(row)
+    log(f"[noderun] result row -> {path} (run {meta['run_id']})")
     return row
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -63,3 +63,17 @@ def test_model_of_another_task_is_refused_with_a_hint(tmp_path):
     proc = run_cli("train", "model=latent_ode", "profile=smoke", f"results_dir={tmp_path / 'r'}")
     assert proc.returncode == 2 and "experiment=latent_ode" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["profile.epochs=1.5"], "could not be converted to Integer"),
+    (["profile.lr=abc"], "could not be converted to Float"),
+    (["solver.rtoll=1e-3"], "Key 'rtoll' not in 'SolverConfig'"),
+    (["-m", "model=mlp,resnett"], "Available options in 'model': latent_ode, mlp"),
+])
+def test_a_bad_override_gets_one_line_and_exit_2_before_any_job(tmp_path, args, expected):
+    proc = run_cli("train", "profile=smoke", *args, f"results_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("noderun: error:")
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no results, no outputs/ or multirun/ folder

@@ -45,5 +45,6 @@ def test_seeded_runs_are_deterministic_on_cpu(compose_config, mnist_dir, tmp_pat
     overrides = ["model=resnet", "model.n_blocks=1", "profile=smoke", f"data_dir={mnist_dir}",
                  f"results_dir={tmp_path}", "profile.train_size=128", "profile.test_size=64"]
     first = train(compose_config(overrides), log=lambda *_: None)
-    second = train(compose_config(overrides), log=lambda *_: None)
+    second = train(compose_config(overrides + ["force=true"]), log=lambda *_: None)  # not the finished run's row
+    assert second["run_id"] != first["run_id"]
     assert first["test_loss"] == second["test_loss"] and first["train_error"] == second["train_error"]

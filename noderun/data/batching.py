@@ -34,9 +34,18 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def epoch_permutation(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's order of the samples: int64 [num_samples] on the generator's device.
+
+    Step k of the epoch takes ``order[k * batch_size : (k + 1) * batch_size]``; the last
+    partial batch is dropped. Kept whole in a checkpoint, so a run resumes mid-epoch.
+    """
+    return torch.randperm(num_samples, generator=generator, device=generator.device)
+
+
 def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator, drop_last: bool = True):
     """Yield index tensors (int64 [batch_size]) covering a random permutation of the samples."""
-    order = torch.randperm(num_samples, generator=generator, device=generator.device)
+    order = epoch_permutation(num_samples, generator)
     stop = num_samples - num_samples % batch_size if drop_last else num_samples
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]

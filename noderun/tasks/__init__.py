@@ -20,7 +20,13 @@ class Task:
     """One experiment family.
 
     validate(cfg): raise noderun.errors.ConfigError for invalid values, before any work.
-    run(cfg, log) -> dict: train and evaluate; returns the row's values (common and own columns).
+    run(cfg, log, run) -> dict: train and evaluate; returns the row's values (common and own
+        columns). `run` is the run's noderun.checkpoint.RunDirectory: the task resumes from
+        run.load() when it returns a state, saves its state with run.save() at the end of
+        every epoch, and, when run.stop_requested turns true (Ctrl-C), saves and raises
+        noderun.checkpoint.RunInterrupted at the next step boundary.
+    describe(cfg) -> dict: the columns that identify the run's cell in the tables (model,
+        dataset, solver, ...), known before it runs; they fill the row of a failed run.
     columns: the task's own result columns, after noderun.results.COMMON_COLUMNS.
     numeric_columns: which of them read back as numbers.
     render(rows, profile) -> [(title, markdown)]: its tables from its rows of one profile.
@@ -37,6 +43,7 @@ class Task:
     numeric_columns: tuple[str, ...]
     render: Callable[[pd.DataFrame, str], list[tuple[str, str]]]
     figures: Callable[[Path], list[Path]] | None = None
+    describe: Callable[[DictConfig], dict] | None = None
     schemas: tuple[tuple[str, str, type], ...] = ()
 
 

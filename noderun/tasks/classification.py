@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from noderun.data.batching import epoch_batches, random_crop, to_float
+from noderun.checkpoint import NoRunDirectory, RunDirectory, RunInterrupted, restore_rng_states, rng_states
+from noderun.data.batching import epoch_permutation, random_crop, to_float
 from noderun.data.mnist import load_mnist
 from noderun.errors import ConfigError
 from noderun.models import MODEL_BUILDERS, build_model, ode_blocks
@@ -66,10 +67,12 @@ def validate_config(cfg: DictConfig) -> None:
     require(profile.eval_batch_size >= 1, "profile.eval_batch_size", profile.eval_batch_size, "it must be >= 1")
     require(math.isfinite(profile.lr) and profile.lr > 0, "profile.lr", profile.lr, "it must be a finite number > 0")
     require(0 <= profile.momentum < 1, "profile.momentum", profile.momentum, "it must be in [0, 1)")
-    require(profile.weight_decay >= 0, "profile.weight_decay", profile.weight_decay, "it must be >= 0")
+    require(math.isfinite(profile.weight_decay) and profile.weight_decay >= 0, "profile.weight_decay",
+            profile.weight_decay, "it must be a finite number >= 0")
     require(profile.lr_schedule in ("multistep", "cosine"), "profile.lr_schedule", profile.lr_schedule,
             "valid schedules: ['multistep', 'cosine']")
-    require(profile.lr_gamma > 0, "profile.lr_gamma", profile.lr_gamma, "it must be > 0")
+    require(math.isfinite(profile.lr_gamma) and profile.lr_gamma > 0, "profile.lr_gamma", profile.lr_gamma,
+            "it must be a finite number > 0")
     for key in ("train_size", "test_size"):
         value = profile[key]
         require(value is None or value >= 1, f"profile.{key}", value, "it must be null (all) or an integer >= 1")
@@ -140,7 +143,54 @@ def save_checkpoint(cfg: DictConfig, model: torch.nn.Module, history: dict) -> P
     return path
 
 
-def train_classifier(cfg: DictConfig, log=print) -> dict:
+def describe(cfg: DictConfig) -> dict:
+    """The columns that identify a run's cell, known before it runs (they also fill a failed row)."""
+    from noderun.models import solver_kwargs
+
+    has_ode = cfg.model.name in ("odenet", "rknet")
+    adjoint = solver_kwargs(cfg.solver, default_adjoint=cfg.model.adjoint)["adjoint"] if has_ode else None
+    train_size = min(cfg.profile.train_size or MNIST_TRAIN_SIZE, MNIST_TRAIN_SIZE)
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "epochs": cfg.profile.epochs,
+        "train_size": train_size - train_size % cfg.profile.batch_size,
+        "n_blocks": cfg.model.n_blocks if cfg.model.name == "resnet" else None,
+        "method": cfg.solver.method if has_ode else None,
+        "rtol": cfg.solver.rtol if has_ode else None,
+        "atol": cfg.solver.atol if has_ode else None,
+        "adjoint": adjoint,
+    }
+
+
+MNIST_TRAIN_SIZE = 60_000
+
+
+def _fresh_state(cfg: DictConfig) -> dict:
+    """Where a run starts: epoch 1, step 0, nothing measured yet."""
+    return {
+        "epoch": 1,  # the epoch in progress (1-based)
+        "step": 0,  # steps of it already taken
+        "order": None,  # int64 [train_size]: the epoch's permutation, drawn at its step 0
+        "epoch_sums": {"loss": 0.0, "wrong": 0, "seen": 0, "elapsed_s": 0.0},
+        "nfe_forward": [], "nfe_backward": [],  # per step of the epoch in progress
+        # Per-epoch curves and per-iteration NFE, saved with the final weights for the plots.
+        "history": {"epoch": [], "test_error": [], "train_error": [], "train_loss": [], "test_loss": [],
+                    "epoch_time_s": [], "nfe_forward": [], "nfe_backward": []},
+        "iteration_times": [],
+        "memory_bytes": None, "cuda_peak_mib": None,
+        "train_elapsed_s": 0.0,
+    }
+
+
+def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None) -> dict:
+    """Train and evaluate one classifier; resumable at any step boundary (see noderun.checkpoint).
+
+    The whole training state (weights, optimiser, scheduler, RNG generators, the epoch's
+    permutation and position, running sums) is checkpointed at the end of every epoch and
+    when Ctrl-C asks to stop, so a resumed run on CPU ends with bit-identical weights.
+    """
+    run = run or NoRunDirectory()
     profile = cfg.profile
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -159,6 +209,21 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
                                 weight_decay=profile.weight_decay)
     iters_per_epoch = len(train_images) // profile.batch_size
     scheduler = _make_scheduler(optimizer, profile, iters_per_epoch)
+
+    state = run.load()
+    if state is None:
+        state = _fresh_state(cfg)
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state["rng"], generator)
+        log(f"[noderun] resumed at epoch {state['epoch']}, step {state['step']}/{iters_per_epoch}")
+
+    def checkpoint() -> None:
+        run.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "rng": rng_states(generator)})
+
     log(f"[noderun] model={cfg.model.name} ({params:,} params) profile={profile.name} device={device} "
         f"epochs={profile.epochs} x {iters_per_epoch} iterations of {profile.batch_size}"
         + (f" solver={cfg.solver.method} rtol={cfg.solver.rtol:g} atol={cfg.solver.atol:g}" if has_ode else ""))
@@ -167,21 +232,25 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
     if profile.progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=profile.epochs * iters_per_epoch, unit="it", dynamic_ncols=True, leave=False)
-
-    memory_bytes, cuda_peak = None, None
-    iteration_times: list[float] = []
-    # Per-epoch curves and per-iteration NFE, saved with the weights for the plots.
-    history: dict[str, list] = {"epoch": [], "test_error": [], "train_error": [], "train_loss": [],
-                                "epoch_time_s": [], "nfe_forward": [], "nfe_backward": []}
-    train_start = time.perf_counter()
-    epoch_time = 0.0
-    for epoch in range(1, profile.epochs + 1):
-        epoch_start = time.perf_counter()
-        loss_sum, wrong, seen = 0.0, 0, 0
-        nfe_forward, nfe_backward = [], []
-        for step, index in enumerate(epoch_batches(len(train_images), profile.batch_size, generator)):
-            measure_memory = epoch == 1 and step == 0
+        done = (state["epoch"] - 1) * iters_per_epoch + state["step"]
+        progress = tqdm(total=profile.epochs * iters_per_epoch, initial=done, unit="it", dynamic_ncols=True,
+                        leave=False)
+    history, sums = state["history"], state["epoch_sums"]
+    while state["epoch"] <= profile.epochs:
+        epoch = state["epoch"]
+        if state["step"] == 0:
+            state["order"] = epoch_permutation(len(train_images), generator)
+        segment_start = time.perf_counter()
+        for step in range(state["step"], iters_per_epoch):
+            if run.stop_requested:
+                state["epoch_sums"]["elapsed_s"] += time.perf_counter() - segment_start
+                state["train_elapsed_s"] += time.perf_counter() - segment_start
+                checkpoint()
+                if progress is not None:
+                    progress.close()
+                raise RunInterrupted(f"interrupted at epoch {epoch}, step {step}: checkpoint saved in {run.path}")
+            index = state["order"][step * profile.batch_size : (step + 1) * profile.batch_size]
+            measure_memory = state["memory_bytes"] is None
             x = to_float(train_images[index])
             if cfg.model.augment:
                 x = random_crop(x, cfg.dataset.crop_padding, generator)
@@ -197,74 +266,74 @@ def train_classifier(cfg: DictConfig, log=print) -> dict:
                     loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, step {step}")
             optimizer.step()
             if profile.lr_schedule == "cosine":
                 scheduler.step()
             synchronize(device)
             if measure_memory:
                 # The first step also pays for the hooks and one-time set-up: not timed.
-                memory_bytes = meter.bytes
+                state["memory_bytes"] = meter.bytes
                 if device.type == "cuda":
-                    cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20
+                    state["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             else:
-                iteration_times.append(time.perf_counter() - start)
+                state["iteration_times"].append(time.perf_counter() - start)
             if stats is not None:
-                nfe_forward.append(stats.nfe_forward)
-                nfe_backward.append(stats.nfe_backward)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, step {step}")
-            loss_sum += loss_value * len(y)
-            wrong += (logits.argmax(1) != y).sum().item()
-            seen += len(y)
+                state["nfe_forward"].append(stats.nfe_forward)
+                state["nfe_backward"].append(stats.nfe_backward)
+            sums["loss"] += loss_value * len(y)
+            sums["wrong"] += (logits.argmax(1) != y).sum().item()
+            sums["seen"] += len(y)
+            state["step"] = step + 1
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(epoch=epoch, loss=f"{loss_value:.3f}")
         if profile.lr_schedule == "multistep":
             scheduler.step()
-        epoch_time = time.perf_counter() - epoch_start
+        segment = time.perf_counter() - segment_start
+        epoch_time = sums["elapsed_s"] + segment
+        state["train_elapsed_s"] += segment
         test_error, test_loss = _evaluate(model, test_images, test_labels, profile.eval_batch_size)
-        train_error = 100.0 * wrong / seen
-        mean_nfe_f = statistics.fmean(nfe_forward) if nfe_forward else 0.0
-        mean_nfe_b = statistics.fmean(nfe_backward) if nfe_backward else 0.0
+        train_error = 100.0 * sums["wrong"] / sums["seen"]
+        nfe_forward, nfe_backward = state["nfe_forward"], state["nfe_backward"]
         for key, value in (("epoch", epoch), ("test_error", test_error), ("train_error", train_error),
-                           ("train_loss", loss_sum / seen), ("epoch_time_s", epoch_time),
-                           ("nfe_forward", nfe_forward), ("nfe_backward", nfe_backward)):
+                           ("train_loss", sums["loss"] / sums["seen"]), ("test_loss", test_loss),
+                           ("epoch_time_s", epoch_time), ("nfe_forward", nfe_forward),
+                           ("nfe_backward", nfe_backward)):
             history[key].append(value)
-        line = (f"epoch {epoch}/{profile.epochs} loss {loss_sum / seen:.4f} train_err {train_error:.2f}% "
-                f"test_err {test_error:.2f}% time {epoch_time:.1f}s")
+        line = (f"epoch {epoch}/{profile.epochs} loss {sums['loss'] / sums['seen']:.4f} "
+                f"train_err {train_error:.2f}% test_err {test_error:.2f}% time {epoch_time:.1f}s")
         if has_ode:
-            line += f" nfe_fwd {mean_nfe_f:.1f} nfe_bwd {mean_nfe_b:.1f}"
-        (progress.write if progress is not None else log)(line)
+            line += (f" nfe_fwd {statistics.fmean(nfe_forward) if nfe_forward else 0.0:.1f}"
+                     f" nfe_bwd {statistics.fmean(nfe_backward) if nfe_backward else 0.0:.1f}")
+        log(line)
+        state.update(epoch=epoch + 1, step=0, order=None, nfe_forward=[], nfe_backward=[],
+                     epoch_sums={"loss": 0.0, "wrong": 0, "seen": 0, "elapsed_s": 0.0})
+        sums = state["epoch_sums"]
+        checkpoint()
     if progress is not None:
         progress.close()
-    log(f"[noderun] {cfg.model.name}: test error {test_error:.2f}%")
-    train_time = time.perf_counter() - train_start
-    save_checkpoint(cfg, model, history)
 
-    solver = cfg.solver
-    block = ode_blocks(model)[0] if has_ode else None
+    test_error, train_error, test_loss = (history[k][-1] for k in ("test_error", "train_error", "test_loss"))
+    nfe_forward, nfe_backward = history["nfe_forward"][-1], history["nfe_backward"][-1]
+    log(f"[noderun] {cfg.model.name}: test error {test_error:.2f}%")
+    save_checkpoint(cfg, model, history)
+    iteration_times, memory_bytes = state["iteration_times"], state["memory_bytes"]
     return {
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "epochs": profile.epochs,
-        "train_size": len(train_images),
+        **describe(cfg),
         "test_error": round(test_error, 4),
         "train_error": round(train_error, 4),
         "test_loss": round(test_loss, 6),
         "params": params,
-        "n_blocks": cfg.model.n_blocks if cfg.model.name == "resnet" else None,
-        "method": solver.method if has_ode else None,
-        "rtol": solver.rtol if has_ode else None,
-        "atol": solver.atol if has_ode else None,
-        "adjoint": block.adjoint if has_ode else None,
-        "nfe_forward": round(mean_nfe_f, 3),
-        "nfe_backward": round(mean_nfe_b, 3),
+        "nfe_forward": round(statistics.fmean(nfe_forward), 3) if nfe_forward else 0.0,
+        "nfe_backward": round(statistics.fmean(nfe_backward), 3) if nfe_backward else 0.0,
         "memory_mib": round(memory_bytes / 2**20, 4) if memory_bytes is not None else None,
-        "cuda_peak_mib": round(cuda_peak, 3) if cuda_peak is not None else None,
+        "cuda_peak_mib": round(state["cuda_peak_mib"], 3) if state["cuda_peak_mib"] is not None else None,
         "time_per_iter_s": round(statistics.median(iteration_times), 5) if iteration_times else None,
-        "epoch_time_s": round(epoch_time, 3),
-        "train_time_s": round(train_time, 3),
+        "epoch_time_s": round(history["epoch_time_s"][-1], 3),
+        "train_time_s": round(state["train_elapsed_s"], 3),
         "device": device.type,
         "device_name": device_name(device),
     }
@@ -361,4 +430,5 @@ TASK = Task(
     numeric_columns=NUMERIC_COLUMNS,
     render=render,
     figures=classification_figures,
+    describe=describe,
 )

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from omegaconf import MISSING, DictConfig
 
+from noderun.checkpoint import NoRunDirectory, RunDirectory, RunInterrupted, restore_rng_states, rng_states
 from noderun.data.densities import ENERGIES, TOY_DATASETS, energy, log_normalizer, sample_toy
 from noderun.errors import ConfigError
 from noderun.models.flows import PlanarCNF, PlanarNF, standard_normal_logprob
@@ -215,7 +216,8 @@ def artifact_path(results_dir, profile: str, kind: str, model: str, target: str,
     return Path(results_dir) / "flows" / profile / f"{kind}_{target}_{model}_w{width}_s{seed}.npz"
 
 
-def train_flow(cfg: DictConfig, log=print) -> dict:
+def train_flow(cfg: DictConfig, log=print, run: RunDirectory | None = None) -> dict:
+    run = run or NoRunDirectory()
     from noderun.ode import track_stats
 
     model_cfg, profile = cfg.model, cfg.profile.name
@@ -240,11 +242,26 @@ def train_flow(cfg: DictConfig, log=print) -> dict:
                             cfg.dataset.noise).to(device)
     data_generator = torch.Generator().manual_seed(cfg.seed)
 
-    times, nfe_f, nfe_b = [], [], []
-    loss_value = math.nan
-    report_every = max(1, iterations // 10)
-    train_start = time.perf_counter()
-    for step in range(1, iterations + 1):
+    state = run.load() or {"step": 0, "times": [], "nfe_forward": [], "nfe_backward": [], "loss": math.nan,
+                           "train_elapsed_s": 0.0}
+    if "model" in state:
+        flow.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_states(state["rng"], generator, data_generator)
+        log(f"[noderun] resumed at iteration {state['step']}/{iterations}")
+    times, nfe_f, nfe_b = state["times"], state["nfe_forward"], state["nfe_backward"]
+    report_every = max(1, iterations // 10)  # also the checkpoint interval
+    segment_start = time.perf_counter()
+
+    def checkpoint() -> None:
+        state["train_elapsed_s"] += time.perf_counter() - segment_start
+        run.save({**state, "model": flow.state_dict(), "optimizer": optimizer.state_dict(),
+                  "rng": rng_states(generator, data_generator)})
+
+    for step in range(state["step"] + 1, iterations + 1):
+        if run.stop_requested:
+            checkpoint()
+            raise RunInterrupted(f"interrupted at iteration {step - 1}: checkpoint saved in {run.path}")
         start = time.perf_counter()
         with track_stats() as stats:
             if kind == "density":
@@ -254,17 +271,22 @@ def train_flow(cfg: DictConfig, log=print) -> dict:
                 loss = -_log_prob(flow, x).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"training loss became {loss_value} at iteration {step}")
         optimizer.step()
         times.append(time.perf_counter() - start)
         nfe_f.append(stats.nfe_forward)
         nfe_b.append(stats.nfe_backward)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training loss became {loss_value} at iteration {step}")
+        state["loss"] = loss_value
+        state["step"] = step
         if step % report_every == 0 or step == iterations:
             log(f"  it {step}/{iterations} loss {loss_value:.4f} {times[-1]:.3f}s/it"
                 + (f" nfe {stats.nfe_forward}/{stats.nfe_backward}" if is_cnf else ""))
-    train_time = time.perf_counter() - train_start
+            checkpoint()
+            segment_start = time.perf_counter()
+    loss_value = state["loss"]
+    train_time = state["train_elapsed_s"]
 
     eval_generator = torch.Generator(device=device).manual_seed(10_000 + cfg.seed)
     row_loss, kl, test_nll = None, None, None
@@ -317,9 +339,39 @@ def train_flow(cfg: DictConfig, log=print) -> dict:
 # -------------------------------------------------------------------------- tables
 
 
+def describe(cfg: DictConfig) -> dict:
+    """The columns that identify a run's cell, known before it runs (they also fill a failed row)."""
+    kind = kind_of(cfg)
+    is_cnf = cfg.model.name == "planar_cnf"
+    solver = _solver(cfg) if is_cnf else None
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.target if kind == "density" else cfg.dataset.name,
+        "kind": kind,
+        "target": cfg.dataset.target if kind == "density" else cfg.dataset.name,
+        "width": cfg.model.width,
+        "iterations": int(cfg.model.iterations[cfg.profile.name]),
+        "batch_size": cfg.model.batch_size,
+        "lr": float(cfg.model.lr[cfg.profile.name]),
+        "trace": cfg.model.trace if is_cnf else None,
+        "method": solver["method"] if is_cnf else None,
+        "rtol": solver["rtol"] if is_cnf else None,
+        "atol": solver["atol"] if is_cnf else None,
+    }
+
+
+def _cell(part: pd.DataFrame, column: str, digits: int) -> str:
+    """Mean ± std of the finished runs of a cell; 'failed' when its only runs failed."""
+    ok = part[part["status"] == "ok"]
+    if ok.empty and not part.empty:
+        return "failed"
+    return mean_std(ok[column], digits)
+
+
 def render_density(rows: pd.DataFrame) -> str:
     """Figure 4d as a table: loss per target, NF K and CNF M ∈ {2, 8, 32}; CNF < NF count."""
-    runs = rows[(rows["kind"] == "density") & (rows["status"] == "ok")]
+    every = rows[rows["kind"] == "density"]
+    runs = every[every["status"] == "ok"]
     widths = sorted(set(WIDTHS) | set(runs["width"].dropna().astype(int)))
     table, wins, cells = [], 0, 0
     for target in ENERGIES:
@@ -328,7 +380,8 @@ def render_density(rows: pd.DataFrame) -> str:
         for model in MODELS:
             for width in widths:
                 part = runs[(runs["target"] == target) & (runs["model"] == model) & (runs["width"] == width)]
-                line.append(mean_std(part["loss"], 3))
+                tried = every[(every["target"] == target) & (every["model"] == model) & (every["width"] == width)]
+                line.append(_cell(tried, "loss", 3))
                 if not part.empty:
                     means[model, width] = part["loss"].mean()
         for width in widths:
@@ -344,17 +397,19 @@ def render_density(rows: pd.DataFrame) -> str:
 
 
 def render_mle(rows: pd.DataFrame) -> str:
-    runs = rows[(rows["kind"] == "mle") & (rows["status"] == "ok")]
+    every = rows[rows["kind"] == "mle"]
+    runs = every[every["status"] == "ok"]
     table = []
     for data in TOY_DATASETS:
         part = runs[runs["target"] == data]
         nf, cnf = part[part["model"] == "planar_nf"], part[part["model"] == "planar_cnf"]
+        tried = every[every["target"] == data]
         width = lambda p: str(int(p["width"].iloc[0])) if not p.empty else "-"  # noqa: E731
         better = "-"
         if not nf.empty and not cnf.empty:
             better = "CNF" if cnf["test_nll"].mean() < nf["test_nll"].mean() else "NF"
-        table.append([LABELS[data], mean_std(nf["test_nll"], 3), width(nf), mean_std(cnf["test_nll"], 3),
-                      width(cnf), better])
+        table.append([LABELS[data], _cell(tried[tried["model"] == "planar_nf"], "test_nll", 3), width(nf),
+                      _cell(tried[tried["model"] == "planar_cnf"], "test_nll", 3), width(cnf), better])
     text = markdown(table, ["Data", "NF test NLL", "K", "CNF test NLL", "M", "lower"])
     return text + "\n\nTest NLL in nats per 2-D point (lower is better)."
 
@@ -453,6 +508,7 @@ TASK = Task(
     name="flows",
     validate=validate_config,
     run=train_flow,
+    describe=describe,
     columns=COLUMNS,
     numeric_columns=NUMERIC_COLUMNS,
     render=render,

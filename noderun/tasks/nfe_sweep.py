@@ -150,7 +150,7 @@ def _reference_block(block, data) -> torch.nn.Module:
     return reference
 
 
-def run_sweep(cfg: DictConfig, log=print) -> dict:
+def run_sweep(cfg: DictConfig, log=print, run=None) -> dict:
     from noderun.ode import track_stats
 
     device = resolve_device(cfg.device)

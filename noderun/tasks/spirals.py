@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from noderun.checkpoint import NoRunDirectory, RunDirectory, RunInterrupted, restore_rng_states, rng_states
 from noderun.data.spirals import rmse, spirals_from_config
 from noderun.errors import ConfigError
 from noderun.profiling import SavedTensorMeter, device_name, resolve_device, synchronize
@@ -156,6 +157,21 @@ def validate_config(cfg: DictConfig) -> None:
     require(data.noise_std >= 0, "dataset.noise_std", data.noise_std, "it must be >= 0")
 
 
+def describe(cfg: DictConfig) -> dict:
+    """The columns that identify a run's cell, known before it runs (they also fill a failed row)."""
+    is_ode = cfg.model.name == "latent_ode"
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "n_obs": cfg.dataset.n_obs,
+        "iterations": int(cfg.model.iterations[cfg.profile.name]),
+        "noise_std": cfg.dataset.noise_std,
+        "method": cfg.solver.method if is_ode else None,
+        "rtol": cfg.solver.rtol if is_ode else None,
+        "atol": cfg.solver.atol if is_ode else None,
+    }
+
+
 # ---------------------------------------------------------------------- the loop
 
 
@@ -218,17 +234,17 @@ def save_predictions(cfg: DictConfig, model, test) -> Path:
     return path
 
 
-def train_spirals(cfg: DictConfig, log=print) -> dict:
+def train_spirals(cfg: DictConfig, log=print, run: RunDirectory | None = None) -> dict:
     threads = torch.get_num_threads()
     if cfg.model.threads is not None and resolve_device(cfg.device).type == "cpu":
         torch.set_num_threads(cfg.model.threads)
     try:
-        return _train_spirals(cfg, log)
+        return _train_spirals(cfg, log, run or NoRunDirectory())
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_spirals(cfg: DictConfig, log=print) -> dict:
+def _train_spirals(cfg: DictConfig, log, run: RunDirectory) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -249,17 +265,33 @@ def _train_spirals(cfg: DictConfig, log=print) -> dict:
            if is_ode else ""))
     from noderun.ode import track_stats
 
-    times, nfe_f, nfe_b = [], [], []
-    memory_bytes, cuda_peak = None, None
-    loss_value = math.nan
-    report_every = max(1, iterations // 10)
-    train_start = time.perf_counter()
-    for step in range(iterations):
+    # Everything a resumed run needs besides the weights, optimiser, scheduler and RNG states.
+    state = run.load() or {"step": 0, "times": [], "nfe_forward": [], "nfe_backward": [], "memory_bytes": None,
+                           "cuda_peak_mib": None, "loss": math.nan, "train_elapsed_s": 0.0}
+    if "model" in state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state["rng"], generator)
+        log(f"[noderun] resumed at iteration {state['step']}/{iterations}")
+    times, nfe_f, nfe_b = state["times"], state["nfe_forward"], state["nfe_backward"]
+    report_every = max(1, iterations // 10)  # also the checkpoint interval
+    segment_start = time.perf_counter()
+
+    def checkpoint() -> None:
+        state["train_elapsed_s"] += time.perf_counter() - segment_start
+        run.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "rng": rng_states(generator)})
+
+    for step in range(state["step"], iterations):
+        if run.stop_requested:
+            checkpoint()
+            raise RunInterrupted(f"interrupted at iteration {step}: checkpoint saved in {run.path}")
         if batch_size < len(train.noisy):
             batch = train.subset(torch.randperm(len(train.noisy), generator=generator)[:batch_size].to(device))
         else:
             batch = train
-        first = step == 0
+        first = state["memory_bytes"] is None
         meter = SavedTensorMeter() if first else nullcontext()
         if first and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -270,26 +302,31 @@ def _train_spirals(cfg: DictConfig, log=print) -> dict:
                 loss = _batch_loss(model, batch, grid)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"training loss became {loss_value} at iteration {step}")
         optimizer.step()
         scheduler.step()
         synchronize(device)
         if first:  # pays for one-time set-up: measured for memory, not timed
-            memory_bytes = meter.bytes
+            state["memory_bytes"] = meter.bytes
             if device.type == "cuda":
-                cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20
+                state["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         else:
             times.append(time.perf_counter() - start)
         nfe_f.append(stats.nfe_forward)
         nfe_b.append(stats.nfe_backward)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training loss became {loss_value} at iteration {step}")
+        state["loss"] = loss_value
+        state["step"] = step + 1
         if (step + 1) % report_every == 0 or step + 1 == iterations:
             line = f"iter {step + 1}/{iterations} loss {loss_value:.3f}"
             if is_ode:
                 line += f" nfe_fwd {nfe_f[-1]} nfe_bwd {nfe_b[-1]}"
             log(line)
-    train_time = time.perf_counter() - train_start
+            checkpoint()
+            segment_start = time.perf_counter()
+    train_time = state["train_elapsed_s"]
+    loss_value, memory_bytes, cuda_peak = state["loss"], state["memory_bytes"], state["cuda_peak_mib"]
     test_rmse = rmse(extrapolate(model, test), test.extrapolation_truth)
     save_predictions(cfg, model, test)
     log(f"[noderun] {cfg.model.name} n_obs={cfg.dataset.n_obs}: test RMSE {test_rmse:.4f} "
@@ -437,6 +474,7 @@ TASK = Task(
     name="spirals",
     validate=validate_config,
     run=train_spirals,
+    describe=describe,
     columns=COLUMNS,
     numeric_columns=NUMERIC_COLUMNS,
     render=render,
