@@ -49,11 +49,13 @@ def rows(results_dir) -> pd.DataFrame:
     return pd.read_csv(results_dir / "table1.csv")
 
 
-@pytest.fixture
-def reference(compose_config, mnist_dir, tmp_path_factory):
-    """An uninterrupted run: its results_dir."""
+@pytest.fixture(scope="module")
+def reference(mnist_dir, tmp_path_factory):
+    """An uninterrupted run, in a fresh process like the runs it is compared with: its results_dir."""
     folder = tmp_path_factory.mktemp("reference")
-    train(compose_config(overrides(mnist_dir, folder)), log=QUIET)
+    args = overrides(mnist_dir, folder, "profile.progress=false")
+    result = subprocess.run([sys.executable, "-m", "noderun", "train", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     return folder
 
 
