@@ -271,3 +271,44 @@ def test_iteration_tasks_resume_bit_identical_after_ctrl_c(compose_config, tmp_p
     ours, theirs = np.load(resumed_dir / artifact), np.load(reference_dir / artifact)
     for key in theirs.files:
         assert np.array_equal(ours[key], theirs[key]), key
+
+
+def test_ctrl_c_on_the_cli_saves_and_exits_130_then_resumes(mnist_dir, tmp_path):
+    script = textwrap.dedent("""
+        import os, signal, sys
+        import noderun.tasks.classification as c
+        calls = 0
+        crop = c.random_crop
+        def crop_then_interrupt(*args, **kwargs):
+            global calls
+            calls += 1
+            if calls == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return crop(*args, **kwargs)
+        c.random_crop = crop_then_interrupt
+        from noderun.cli import main
+        main(["train", *sys.argv[1:]])
+    """)
+    args = overrides(mnist_dir, tmp_path, "profile.progress=false", "profile.epochs=1")
+    interrupted = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert "interrupted at epoch 1, step 2" in interrupted.stdout and "rerun the same command" in interrupted.stdout
+    assert "Traceback" not in interrupted.stderr and not (tmp_path / "table1.csv").exists()
+    resumed = subprocess.run([sys.executable, "-m", "noderun", "train", *args], capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resumed at epoch 1, step 2/4" in resumed.stdout
+    assert len(rows(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("error, reason", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory: CUDA out of memory"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes; out of memory"),
+     "out of memory: DefaultCPUAllocator"),
+    (FloatingPointError("training loss became nan at epoch 3, step 7"), "training loss became nan"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),  # a bug, not a run failure: re-raised as is
+    (KeyError("model"), None),
+])
+def test_which_errors_are_recorded_as_failed_runs(error, reason):
+    from noderun.train import failure_reason
+
+    found = failure_reason(error)
+    assert (found is None) if reason is None else found.startswith(reason)
