@@ -5,7 +5,7 @@ Every interpolant used here is linear in the stage derivatives::
     y(t + theta h) = y + h * sum_j w_j(theta) k_j ,    w_j polynomial in theta,
 
 so all requested times inside one step are produced by a single
-``torch.addmm`` with an ``[C, m]`` weight matrix computed on the host.  No
+``torch.addmm`` with an ``[m, C]`` weight matrix computed on the host.  No
 interpolant evaluates ``func``: requested times cost no function evaluations.
 
 * Methods whose tableau carries dense-output coefficients (dopri5) use them.
@@ -80,7 +80,7 @@ class DenseOutput:
         Args:
             y0: ``[N]`` state at the start of the step.
             h: Signed step size.
-            K: ``[N, S]`` stage derivatives of the step.
+            K: ``[S, N]`` stage derivatives of the step (rows).
             f1: ``[N]`` ``f(t0 + h, y1)``; required when :attr:`needs_f1`.
             thetas: Fractions of the step in ``(0, 1)``.
 
@@ -88,6 +88,6 @@ class DenseOutput:
             ``[m, N]`` states at ``t0 + theta * h`` for each theta.
         """
         if self.needs_f1:
-            K = torch.cat([K, f1.unsqueeze(1)], dim=1)
+            K = torch.cat([K, f1.unsqueeze(0)])
         W = torch.tensor(self.weights(thetas), dtype=y0.dtype, device=y0.device)
-        return torch.addmm(y0.unsqueeze(1), K, W, alpha=h).t()
+        return torch.addmm(y0.unsqueeze(0), W.t(), K, alpha=h)
