@@ -49,24 +49,37 @@ class FlatState:
         self.shapes = [x.shape for x in tensors]
         self.numels = [x.numel() for x in tensors]
         self.size = sum(self.numels)
+        # A channels_last y0 (4-D, NHWC in memory) is flattened in its memory order, so
+        # flattening it, and the dynamics' channels_last output, is a view, not a copy,
+        # and the dynamics see channels_last views of the flat state.
+        self.channels_last = not self.is_tuple and _is_channels_last(y0)
 
     def flatten(self, y: State) -> torch.Tensor:
-        """State -> ``[N]``."""
+        """State -> ``[N]`` (a view when ``y`` has the layout of ``y0``)."""
         if self.is_tuple:
             return torch.cat([x.reshape(-1) for x in y])
+        if self.channels_last:
+            return y.permute(0, 2, 3, 1).reshape(-1)
         return y.reshape(-1)
 
     def unflatten(self, flat: torch.Tensor) -> State:
         """``[N]`` -> state (views where possible)."""
         if self.is_tuple:
             return tuple(p.view(s) for p, s in zip(flat.split(self.numels), self.shapes))
+        if self.channels_last:
+            n, c, h, w = self.shapes[0]
+            return flat.view(n, h, w, c).permute(0, 3, 1, 2)
         return flat.view(self.shapes[0])
 
     def unflatten_solution(self, ys: torch.Tensor) -> State:
-        """``[T, N]`` -> ``[T, *shape]`` (or a tuple of such)."""
+        """``[T, N]`` -> ``[T, *shape]`` (or a tuple of such); ``[T, N, C, H, W]`` views
+        whose every ``[i]`` is channels_last when ``y0`` was."""
         T = ys.shape[0]
         if self.is_tuple:
             return tuple(p.reshape(T, *s) for p, s in zip(ys.split(self.numels, dim=1), self.shapes))
+        if self.channels_last:
+            n, c, h, w = self.shapes[0]
+            return ys.reshape(T, n, h, w, c).permute(0, 1, 4, 2, 3)
         return ys.reshape(T, *self.shapes[0])
 
     def flat_func(self, func: Callable) -> Callable[[float, torch.Tensor], torch.Tensor]:
@@ -81,6 +94,12 @@ class FlatState:
             def f(t: float, y: torch.Tensor) -> torch.Tensor:
                 return flatten(func(torch.scalar_tensor(t, dtype=dtype, device=device), unflatten(y)))
 
+        elif self.channels_last:
+            unflatten, flatten = self.unflatten, self.flatten
+
+            def f(t: float, y: torch.Tensor) -> torch.Tensor:
+                return flatten(func(torch.scalar_tensor(t, dtype=dtype, device=device), unflatten(y)))
+
         else:
             shape = self.shapes[0]
 
@@ -88,6 +107,11 @@ class FlatState:
                 return func(torch.scalar_tensor(t, dtype=dtype, device=device), y.view(shape)).reshape(-1)
 
         return f
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """4-D and laid out NHWC in memory (and not also plain contiguous, e.g. C = 1 or H = W = 1)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def check_times(t: torch.Tensor) -> list:
