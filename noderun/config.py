@@ -26,6 +26,9 @@ class ClassifierModelConfig:
     channels: int = 64  # conv models: feature channels
     n_blocks: int = 6  # ResNet: residual blocks (the depth experiment varies it)
     adjoint: bool = True  # ODE block: adjoint (ODE-Net) or backprop through the solver (RK-Net)
+    # ODE block: "exact" computes the time channel without concatenation, "concat" as published
+    time_channel: str = "exact"
+    channels_last: bool = False  # ODE block: solve in NHWC memory order (convolutions, GroupNorm, solver state)
     # Random-crop augmentation (dataset.crop_padding) suits the conv nets, which are translation
     # equivariant; the MLP row (quoted by the paper from LeCun et al. 1998) trains without it.
     augment: bool = True
@@ -42,6 +45,7 @@ class SolverConfig:
     adjoint: Optional[bool] = None  # None: the model's own choice (ODE-Net adjoint, RK-Net backprop)
     seminorm: bool = False  # adjoint backward: leave parameter channels out of the error norm
     max_num_steps: int = 10_000
+    backend: str = "native"  # native: noderun.ode; torchdiffeq: torchdiffeq.odeint(_adjoint) (Table 1 ODE block)
 
 
 @dataclass

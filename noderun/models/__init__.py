@@ -12,13 +12,19 @@ from torch import nn
 
 from noderun.errors import ConfigError
 from noderun.models.mlp import build_mlp
-from noderun.models.odenet import ODEBlock, build_odenet
+from noderun.models.odenet import ODEBlock, build_odenet, check_backend
 from noderun.models.resnet import build_resnet
 
 def solver_kwargs(solver_cfg, default_adjoint: bool) -> dict:
-    """Keyword arguments of an ODEBlock from the `solver` config group."""
+    """Keyword arguments of an ODEBlock from the `solver` config group.
+
+    Raises ConfigError for an unknown `solver.backend`, a torchdiffeq backend that is not
+    installed, or a method that backend lacks.
+    """
     from noderun.ode.methods import get_method
 
+    backend = solver_cfg.get("backend", "native")
+    check_backend(backend, solver_cfg.method)
     options = {}
     if not get_method(solver_cfg.method).adaptive:
         if solver_cfg.step_size is None or solver_cfg.step_size <= 0:
@@ -37,6 +43,16 @@ def solver_kwargs(solver_cfg, default_adjoint: bool) -> dict:
         "options": options,
         "adjoint": adjoint,
         "adjoint_options": {"norm": "seminorm"} if solver_cfg.seminorm else None,
+        "backend": backend,
+    }
+
+
+def odenet_kwargs(model_cfg) -> dict:
+    """Network options of the ODE-Net / RK-Net (defaults for configs saved before they existed)."""
+    return {
+        "channels": model_cfg.channels,
+        "time_channel": model_cfg.get("time_channel", "exact"),
+        "channels_last": bool(model_cfg.get("channels_last", False)),
     }
 
 
@@ -44,10 +60,10 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda model_cfg, solver_cfg: build_mlp(hidden=model_cfg.hidden),
     "resnet": lambda model_cfg, solver_cfg: build_resnet(n_blocks=model_cfg.n_blocks, channels=model_cfg.channels),
     "odenet": lambda model_cfg, solver_cfg: build_odenet(
-        channels=model_cfg.channels, **solver_kwargs(solver_cfg, default_adjoint=model_cfg.adjoint)
+        **odenet_kwargs(model_cfg), **solver_kwargs(solver_cfg, default_adjoint=model_cfg.adjoint)
     ),
     "rknet": lambda model_cfg, solver_cfg: build_odenet(
-        channels=model_cfg.channels, **solver_kwargs(solver_cfg, default_adjoint=model_cfg.adjoint)
+        **odenet_kwargs(model_cfg), **solver_kwargs(solver_cfg, default_adjoint=model_cfg.adjoint)
     ),
 }
 
