@@ -155,15 +155,21 @@ def restore_rng_states(states: dict, *generators: torch.Generator) -> None:
 
 
 class RunDirectory:
-    """The files of one run (see the module docstring). `resume=False` starts it over."""
+    """The files of one run (see the module docstring). `resume=False` starts it over.
 
-    def __init__(self, cfg: DictConfig, resume: bool = True):
+    writer=False (ranks other than 0 of a distributed run): reads the checkpoint, writes nothing.
+    """
+
+    def __init__(self, cfg: DictConfig, resume: bool = True, writer: bool = True):
+        self.writer = writer
         self.path = run_dir(cfg)
         self.checkpoint_path = self.path / "checkpoint.pt"
         self.log_path = self.path / "train.log"
         self.finished_path = self.path / "finished.json"
         self.meta_path = self.path / "run.json"
         self.stop_requested = False
+        if not writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         if not resume:
             for stale in (self.checkpoint_path, self.finished_path, self.meta_path):
@@ -181,11 +187,13 @@ class RunDirectory:
                 ) from None
         meta = {"run_id": new_run_id, "git_commit": commit,
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
+        if self.writer:
+            atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
         return meta
 
     def forget_run_id(self) -> None:
-        self.meta_path.unlink(missing_ok=True)
+        if self.writer:
+            self.meta_path.unlink(missing_ok=True)
 
     # -- finished runs
     def finished_row(self) -> dict | None:
@@ -197,7 +205,8 @@ class RunDirectory:
             return None  # a torn marker: the run is treated as unfinished and its row deduplicated
 
     def mark_finished(self, row: dict) -> None:
-        atomic_write_bytes(self.finished_path, json.dumps(row, default=str).encode())
+        if self.writer:
+            atomic_write_bytes(self.finished_path, json.dumps(row, default=str).encode())
 
     # -- training state
     def load(self) -> dict | None:
@@ -205,11 +214,14 @@ class RunDirectory:
         return load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
 
     def save(self, state: dict) -> None:
-        save_checkpoint(self.checkpoint_path, state)
+        if self.writer:
+            save_checkpoint(self.checkpoint_path, state)
 
     # -- log
     def tee(self, log):
-        """A log function that also appends each line to train.log."""
+        """A log function that also appends each line to train.log (other ranks: log nothing)."""
+        if not self.writer:
+            return lambda *_: None
 
         def write(line: str) -> None:
             with open(self.log_path, "a") as handle:

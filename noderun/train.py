@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from noderun import distributed
 from noderun.checkpoint import RunDirectory, RunInterrupted
+from noderun.distributed import World
 from noderun.errors import ConfigError
 from noderun.profiling import device_name, git_commit, resolve_device
 from noderun.results import COMMON_COLUMNS, append_row, check_writable
@@ -30,6 +32,10 @@ def validate_common(cfg: DictConfig) -> Task:
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is invalid; valid tasks: {sorted(TASKS)}")
+    world = World.from_environment()
+    if world.distributed and cfg.task != "classification":
+        raise ConfigError(f"task={cfg.task} runs in one process; torchrun (WORLD_SIZE={world.size}) is supported "
+                          "for the classification task (Table 1, depth)")
     resolve_device(cfg.device)
     solver = cfg.solver
     checks = [
@@ -83,7 +89,16 @@ def train(cfg: DictConfig, log=print) -> dict:
     """
     task = validate(cfg)
     check_writable(cfg.results_dir)
-    run_dir = RunDirectory(cfg, resume=cfg.resume and not cfg.force)
+    world = World.from_environment()
+    distributed.start(world, world.device(resolve_device(cfg.device)))
+    try:
+        return _train(cfg, task, world, log)
+    finally:
+        distributed.stop(world)
+
+
+def _train(cfg: DictConfig, task: Task, world: World, log) -> dict:
+    run_dir = RunDirectory(cfg, resume=cfg.resume and not cfg.force, writer=world.is_main)
     finished = run_dir.finished_row()
     if finished is not None:
         log(f"[noderun] already finished: run {finished.get('run_id')} in {run_dir.path} "
@@ -119,14 +134,16 @@ def train(cfg: DictConfig, log=print) -> dict:
         device = resolve_device(cfg.device)
         failed = {**row, **(task.describe(cfg) if task.describe else {}), "status": f"failed: {reason}",
                   "timestamp": _now(), "device": device.type, "device_name": device_name(device)}
-        append_row(path, failed, columns, unique_key="run_id")
+        if world.is_main:
+            append_row(path, failed, columns, unique_key="run_id")
         log(f"[noderun] run failed ({reason}); row marked failed -> {path}; "
             f"checkpoint and log kept in {run_dir.path}")
         run_dir.forget_run_id()  # a retry (same command) continues from the checkpoint as a new run id
         raise
     row.update({"timestamp": _now(), "status": "ok", **metrics})
     # unique_key: a run killed between this append and mark_finished appends nothing on its rerun.
-    append_row(path, row, columns, unique_key="run_id")
+    if world.is_main:
+        append_row(path, row, columns, unique_key="run_id")
     run_dir.mark_finished(row)
     log(f"[noderun] result row -> {path} (run {meta['run_id']})")
     return row

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from noderun.checkpoint import NoRunDirectory, RunDirectory, RunInterrupted, restore_rng_states, rng_states
 from noderun.data.batching import epoch_permutation, random_crop, to_float
 from noderun.data.mnist import load_mnist
+from noderun.distributed import World
 from noderun.errors import ConfigError
 from noderun.models import MODEL_BUILDERS, build_model, ode_blocks
 from noderun.plots import classification_figures
@@ -46,8 +47,12 @@ COLUMNS = (
     "test_loss",  # mean cross-entropy on the test set
     "n_blocks",  # ResNet residual blocks (depth L); empty for other models
     "epoch_time_s",  # seconds of the last training epoch
+    "batch_size",  # global batch (all processes together)
+    "lr",  # initial learning rate
+    "world_size",  # training processes (torchrun DDP); 1 without
 )
-NUMERIC_COLUMNS = ("train_size", "test_error", "train_error", "test_loss", "n_blocks", "epoch_time_s")
+NUMERIC_COLUMNS = ("train_size", "test_error", "train_error", "test_loss", "n_blocks", "epoch_time_s", "batch_size",
+                   "lr", "world_size")
 
 
 # --------------------------------------------------------------------------- checks
@@ -76,6 +81,9 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("train_size", "test_size"):
         value = profile[key]
         require(value is None or value >= 1, f"profile.{key}", value, "it must be null (all) or an integer >= 1")
+    world = World.from_environment()
+    require(profile.batch_size % world.size == 0, "profile.batch_size", profile.batch_size,
+            f"it is the global batch and must divide by the number of processes ({world.size})")
     if profile.train_size is not None:
         require(profile.train_size >= profile.batch_size, "profile.train_size", profile.train_size,
                 f"it must be at least profile.batch_size={profile.batch_size}")
@@ -89,8 +97,8 @@ def validate_config(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------- the loop
 
 
-def _evaluate(model, images, labels, batch_size: int) -> tuple[float, float]:
-    """(error %, mean cross-entropy) on uint8 images [N, 28, 28] with labels [N]."""
+def _evaluate(model, images, labels, batch_size: int) -> tuple[int, float]:
+    """(wrong predictions, summed cross-entropy) on uint8 images [N, 28, 28] with labels [N]."""
     model.eval()
     wrong, loss_sum = 0, 0.0
     with torch.no_grad():
@@ -100,7 +108,7 @@ def _evaluate(model, images, labels, batch_size: int) -> tuple[float, float]:
             loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
             wrong += (logits.argmax(1) != target).sum().item()
     model.train()
-    return 100.0 * wrong / len(images), loss_sum / len(images)
+    return wrong, loss_sum
 
 
 def _make_scheduler(optimizer, profile, iters_per_epoch: int):
@@ -160,6 +168,9 @@ def describe(cfg: DictConfig) -> dict:
         "rtol": cfg.solver.rtol if has_ode else None,
         "atol": cfg.solver.atol if has_ode else None,
         "adjoint": adjoint,
+        "batch_size": cfg.profile.batch_size,
+        "lr": cfg.profile.lr,
+        "world_size": World.from_environment().size,
     }
 
 
@@ -192,17 +203,27 @@ def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None
     """
     run = run or NoRunDirectory()
     profile = cfg.profile
-    device = resolve_device(cfg.device)
+    world = World.from_environment()  # one process, or this rank of a torchrun world
+    device = world.device(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     data = load_mnist(cfg.data_dir, log=log)
     train_images = data.train_images[: profile.train_size].to(device)
     train_labels = data.train_labels[: profile.train_size].to(device)
-    test_images = data.test_images[: profile.test_size].to(device)
-    test_labels = data.test_labels[: profile.test_size].to(device)
+    test_images = data.test_images[: profile.test_size]
+    test_labels = data.test_labels[: profile.test_size]
+    test_count = len(test_images)
+    # Under DDP each rank evaluates a contiguous part of the test set; the counts are summed.
+    test_part = slice(world.rank * -(-test_count // world.size), (world.rank + 1) * -(-test_count // world.size))
+    test_images, test_labels = test_images[test_part].to(device), test_labels[test_part].to(device)
 
     model = build_model(cfg.model, cfg.solver).to(device)
+    net = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     has_ode = bool(ode_blocks(model))
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.SGD(model.parameters(), lr=profile.lr, momentum=profile.momentum,
@@ -226,23 +247,26 @@ def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None
 
     log(f"[noderun] model={cfg.model.name} ({params:,} params) profile={profile.name} device={device} "
         f"epochs={profile.epochs} x {iters_per_epoch} iterations of {profile.batch_size}"
+        + (f" (DDP: {world.size} processes x {profile.batch_size // world.size})" if world.distributed else "")
         + (f" solver={cfg.solver.method} rtol={cfg.solver.rtol:g} atol={cfg.solver.atol:g}" if has_ode else ""))
 
     progress = None
-    if profile.progress:
+    if profile.progress and world.is_main:
         from tqdm import tqdm
 
         done = (state["epoch"] - 1) * iters_per_epoch + state["step"]
         progress = tqdm(total=profile.epochs * iters_per_epoch, initial=done, unit="it", dynamic_ncols=True,
                         leave=False)
     history, sums = state["history"], state["epoch_sums"]
+    local_rows = world.shard(profile.batch_size)  # this rank's rows of every global batch
+    stop_agreed = run.stop_requested  # after each step: whether any rank was asked to stop
     while state["epoch"] <= profile.epochs:
         epoch = state["epoch"]
         if state["step"] == 0:
             state["order"] = epoch_permutation(len(train_images), generator)
         segment_start = time.perf_counter()
         for step in range(state["step"], iters_per_epoch):
-            if run.stop_requested:
+            if stop_agreed:
                 state["epoch_sums"]["elapsed_s"] += time.perf_counter() - segment_start
                 state["train_elapsed_s"] += time.perf_counter() - segment_start
                 checkpoint()
@@ -252,9 +276,9 @@ def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None
             index = state["order"][step * profile.batch_size : (step + 1) * profile.batch_size]
             measure_memory = state["memory_bytes"] is None
             x = to_float(train_images[index])
-            if cfg.model.augment:
+            if cfg.model.augment:  # the whole global batch, so every rank's generator stays in step
                 x = random_crop(x, cfg.dataset.crop_padding, generator)
-            y = train_labels[index]
+            x, y = x[local_rows], train_labels[index][local_rows]
             meter = SavedTensorMeter() if measure_memory else nullcontext()
             if measure_memory and device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -262,11 +286,15 @@ def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None
             start = time.perf_counter()
             with _stats_context(has_ode) as stats:
                 with meter:
-                    logits = model(x)
+                    logits = net(x)
                     loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-            loss_value = loss.item()
+            # One collective a step: the global batch's loss and errors, and any rank's stop request.
+            loss_sum, wrong, stops = world.sum(
+                [loss.item() * len(y), (logits.argmax(1) != y).sum().item(), float(run.stop_requested)], device)
+            loss_value = loss_sum / profile.batch_size
+            stop_agreed = stops > 0
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, step {step}")
             optimizer.step()
@@ -283,9 +311,9 @@ def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None
             if stats is not None:
                 state["nfe_forward"].append(stats.nfe_forward)
                 state["nfe_backward"].append(stats.nfe_backward)
-            sums["loss"] += loss_value * len(y)
-            sums["wrong"] += (logits.argmax(1) != y).sum().item()
-            sums["seen"] += len(y)
+            sums["loss"] += loss_sum
+            sums["wrong"] += int(wrong)
+            sums["seen"] += profile.batch_size
             state["step"] = step + 1
             if progress is not None:
                 progress.update(1)
@@ -295,7 +323,9 @@ def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None
         segment = time.perf_counter() - segment_start
         epoch_time = sums["elapsed_s"] + segment
         state["train_elapsed_s"] += segment
-        test_error, test_loss = _evaluate(model, test_images, test_labels, profile.eval_batch_size)
+        test_wrong, test_loss_sum = world.sum(list(_evaluate(model, test_images, test_labels,
+                                                             profile.eval_batch_size)), device)
+        test_error, test_loss = 100.0 * test_wrong / test_count, test_loss_sum / test_count
         train_error = 100.0 * sums["wrong"] / sums["seen"]
         nfe_forward, nfe_backward = state["nfe_forward"], state["nfe_backward"]
         for key, value in (("epoch", epoch), ("test_error", test_error), ("train_error", train_error),
@@ -319,7 +349,8 @@ def train_classifier(cfg: DictConfig, log=print, run: RunDirectory | None = None
     test_error, train_error, test_loss = (history[k][-1] for k in ("test_error", "train_error", "test_loss"))
     nfe_forward, nfe_backward = history["nfe_forward"][-1], history["nfe_backward"][-1]
     log(f"[noderun] {cfg.model.name}: test error {test_error:.2f}%")
-    save_checkpoint(cfg, model, history)
+    if world.is_main:
+        save_checkpoint(cfg, model, history)
     iteration_times, memory_bytes = state["iteration_times"], state["memory_bytes"]
     return {
         **describe(cfg),
