@@ -174,3 +174,17 @@ def test_tables_render_with_missing_cells():
     assert density.count(" - ") >= 10
     mle = sections["Figure 5: maximum likelihood (planar NF vs planar CNF)"]
     assert "Two Circles" in mle and "1.200" in mle
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["profile=quick"], (1e-3, 1e-3)),
+    (["profile=paper"], (1e-5, 1e-5)),
+    (["profile=quick", "solver.rtol=1e-4"], (1e-4, 1e-3)),  # the command line wins over the profile default
+    (["profile=smoke", "solver.rtol=1e-6", "solver.atol=1e-7"], (1e-6, 1e-7)),
+])
+def test_density_cnf_tolerance_defaults_by_profile_and_yields_to_the_command_line(compose_config, overrides,
+                                                                                   expected):
+    from noderun.tasks.flows import _solver
+
+    solver = _solver(compose_config(["experiment=density_cnf", *overrides]))
+    assert (solver["rtol"], solver["atol"]) == pytest.approx(expected)
