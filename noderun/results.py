@@ -179,6 +179,16 @@ def read_results(results_dir: str | os.PathLike) -> pd.DataFrame:
 # ------------------------------------------------------------------------- rendering
 
 
+def latest_per_cell(frame: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
+    """The most recent row (by timestamp) of every cell: a rerun of a cell, with the same or other
+    settings, replaces the earlier row in the tables and is never counted twice in a mean.
+
+    cell: the columns naming a table cell and a seed (e.g. model, target, width, seed, profile).
+    """
+    ordered = frame.sort_values("timestamp", kind="stable") if "timestamp" in frame else frame
+    return ordered.drop_duplicates(subset=[c for c in cell if c in ordered], keep="last")
+
+
 def mean_std(values: pd.Series, digits: int) -> str:
     """'m ± s' over seeds (sample std), the single value for one seed, '-' for none."""
     values = values.dropna()

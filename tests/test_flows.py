@@ -188,3 +188,19 @@ def test_density_cnf_tolerance_defaults_by_profile_and_yields_to_the_command_lin
 
     solver = _solver(compose_config(["experiment=density_cnf", *overrides]))
     assert (solver["rtol"], solver["atol"]) == pytest.approx(expected)
+
+
+def test_a_rerun_replaces_the_earlier_row_and_a_failed_cell_says_failed():
+    def row(model, width, loss, timestamp, status="ok", seed=0):
+        return {"task": "flows", "status": status, "kind": "density", "model": model, "target": "u1",
+                "width": width, "loss": loss, "test_nll": None, "seed": seed, "profile": "quick",
+                "experiment": "flows_density", "timestamp": timestamp}
+
+    rows = pd.DataFrame([row("planar_nf", 2, 9.0, "2026-01-01T00:00:00"),  # an older budget's run of the cell
+                         row("planar_nf", 2, 1.0, "2026-02-01T00:00:00"),
+                         row("planar_cnf", 2, 0.5, "2026-02-01T00:00:00"),
+                         row("planar_cnf", 8, None, "2026-02-01T00:00:00", status="failed: loss became nan")])
+    density = dict(render(rows, "quick"))["Figure 4: density matching (planar NF vs planar CNF)"]
+    first = next(line for line in density.splitlines() if line.startswith("| U1"))
+    cells = [c.strip() for c in first.strip("|").split("|")]
+    assert cells[1] == "1.000" and cells[4] == "0.500" and cells[5] == "failed"

@@ -29,6 +29,7 @@ from noderun.errors import ConfigError
 from noderun.models import MODEL_BUILDERS, build_model, ode_blocks
 from noderun.plots import classification_figures
 from noderun.profiling import SavedTensorMeter, device_name, resolve_device, synchronize
+from noderun import results
 from noderun.results import fit_slope, markdown, mean_std
 from noderun.tasks import Task
 
@@ -381,8 +382,7 @@ CELL_KEY = ["experiment", "model", "profile", "seed", "method", "rtol", "atol", 
 
 def latest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
     """The most recent row of every cell (by timestamp)."""
-    ordered = frame.sort_values("timestamp", kind="stable")
-    return ordered.drop_duplicates(subset=[c for c in CELL_KEY if c in ordered], keep="last")
+    return results.latest_per_cell(frame, CELL_KEY)
 
 
 def render_table1(frame: pd.DataFrame, profile: str) -> str:

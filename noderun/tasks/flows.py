@@ -32,8 +32,8 @@ from noderun.checkpoint import NoRunDirectory, RunDirectory, RunInterrupted, res
 from noderun.data.densities import ENERGIES, TOY_DATASETS, energy, log_normalizer, sample_toy
 from noderun.errors import ConfigError
 from noderun.models.flows import PlanarCNF, PlanarNF, standard_normal_logprob
-from noderun.profiling import device_name, resolve_device
-from noderun.results import markdown, mean_std
+from noderun.profiling import cpu_threads, device_name, resolve_device
+from noderun.results import latest_per_cell, markdown, mean_std
 from noderun.tasks import Task
 
 MODELS = ("planar_nf", "planar_cnf")
@@ -60,6 +60,7 @@ class FlowModelConfig:
     batch_size: int = 256  # samples per iteration (of q for density matching, of data for max likelihood)
     iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 100, "paper": 10_000})
     lr: Dict[str, float] = field(default_factory=lambda: {"smoke": 1e-2, "quick": 1e-2, "paper": 1e-3})
+    threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
     # Per-profile solver tolerance; an experiment uses it as the default of solver.rtol/atol by
     # interpolation (conf/experiment/density_cnf.yaml), so a command-line solver.rtol still wins.
     tolerance: Dict[str, float] = field(default_factory=dict)
@@ -124,6 +125,8 @@ def validate_config(cfg: DictConfig) -> None:
         _require(data.noise >= 0, "dataset.noise", data.noise, "it must be >= 0")
     _require(model.width >= 1, "model.width", model.width, "it must be an integer >= 1")
     _require(model.hidden >= 1, "model.hidden", model.hidden, "it must be an integer >= 1")
+    _require(model.threads is None or model.threads >= 1, "model.threads", model.threads,
+             "it must be null (torch's default) or an integer >= 1")
     _require(model.t_end > 0, "model.t_end", model.t_end, "it must be > 0")
     _require(model.trace in ("exact", "hutchinson"), "model.trace", model.trace, "valid: ['exact', 'hutchinson']")
     _require(model.batch_size >= 1, "model.batch_size", model.batch_size, "it must be an integer >= 1")
@@ -216,7 +219,11 @@ def artifact_path(results_dir, profile: str, kind: str, model: str, target: str,
 
 
 def train_flow(cfg: DictConfig, log=print, run: RunDirectory | None = None) -> dict:
-    run = run or NoRunDirectory()
+    with cpu_threads(cfg.model.threads, resolve_device(cfg.device)):
+        return _train_flow(cfg, log, run or NoRunDirectory())
+
+
+def _train_flow(cfg: DictConfig, log, run: RunDirectory) -> dict:
     from noderun.ode import track_stats
 
     model_cfg, profile = cfg.model, cfg.profile.name
@@ -414,6 +421,7 @@ def render_mle(rows: pd.DataFrame) -> str:
 
 
 def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
+    rows = latest_per_cell(rows, ["experiment", "kind", "model", "target", "width", "seed", "profile"])
     sections = []
     if (rows["kind"] == "density").any():
         sections.append(("Figure 4: density matching (planar NF vs planar CNF)", render_density(rows)))

@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 from noderun.checkpoint import NoRunDirectory, RunDirectory, RunInterrupted, restore_rng_states, rng_states
 from noderun.data.spirals import rmse, spirals_from_config
 from noderun.errors import ConfigError
-from noderun.profiling import SavedTensorMeter, device_name, resolve_device, synchronize
-from noderun.results import markdown, mean_std
+from noderun.profiling import SavedTensorMeter, cpu_threads, device_name, resolve_device, synchronize
+from noderun.results import latest_per_cell, markdown, mean_std
 from noderun.tasks import Task
 
 # Table 2 of Chen et al. (2018): predictive RMSE on the test set, shown beside ours.
@@ -235,13 +235,8 @@ def save_predictions(cfg: DictConfig, model, test) -> Path:
 
 
 def train_spirals(cfg: DictConfig, log=print, run: RunDirectory | None = None) -> dict:
-    threads = torch.get_num_threads()
-    if cfg.model.threads is not None and resolve_device(cfg.device).type == "cpu":
-        torch.set_num_threads(cfg.model.threads)
-    try:
+    with cpu_threads(cfg.model.threads, resolve_device(cfg.device)):
         return _train_spirals(cfg, log, run or NoRunDirectory())
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_spirals(cfg: DictConfig, log, run: RunDirectory) -> dict:
@@ -405,6 +400,7 @@ def render_details(frame: pd.DataFrame, profile: str) -> str:
 
 
 def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
+    rows = latest_per_cell(rows, ["model", "n_obs", "seed", "profile"])
     sections = [("Table 2 (spirals, predictive RMSE on the extrapolation window)", render_table2(rows, profile))]
     details = render_details(rows, profile)
     if details:
