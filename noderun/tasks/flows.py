@@ -37,6 +37,7 @@ from noderun.results import latest_per_cell, markdown, mean_std
 from noderun.tasks import Task
 
 MODELS = ("planar_nf", "planar_cnf")
+LR_SCHEDULES = ("constant", "cosine")
 WIDTHS = (2, 8, 32)  # K (NF layers) and M (CNF hidden units) of Figure 4
 SNAPSHOTS = (0.05, 0.2, 0.4, 0.6, 0.8, 1.0)  # fractions of the flow time shown in Figure 5
 GRID = 100  # density images: GRID x GRID points on [-LIMIT, LIMIT]²
@@ -60,6 +61,9 @@ class FlowModelConfig:
     batch_size: int = 256  # samples per iteration (of q for density matching, of data for max likelihood)
     iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 100, "paper": 10_000})
     lr: Dict[str, float] = field(default_factory=lambda: {"smoke": 1e-2, "quick": 1e-2, "paper": 1e-3})
+    # constant, or cosine: lr annealed to 0 over the iterations (the paper does not say; at a constant
+    # lr of 1e-2 the CNF's loss still jumped between iterations at the end of a quick run)
+    lr_schedule: str = "cosine"
     threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
     # Per-profile solver tolerance; an experiment uses it as the default of solver.rtol/atol by
     # interpolation (conf/experiment/density_cnf.yaml), so a command-line solver.rtol still wins.
@@ -138,6 +142,8 @@ def validate_config(cfg: DictConfig) -> None:
     _require(profile in model.lr, "model.lr", dict(model.lr), f"it needs an entry for profile {profile!r}")
     lr = model.lr[profile]
     _require(math.isfinite(lr) and lr > 0, f"model.lr.{profile}", lr, "it must be a finite number > 0")
+    _require(model.lr_schedule in LR_SCHEDULES, "model.lr_schedule", model.lr_schedule,
+             f"valid schedules: {list(LR_SCHEDULES)}")
     for name, tol in model.tolerance.items():
         _require(tol > 0, f"model.tolerance.{name}", tol, "it must be > 0")
     if model.name == "planar_cnf":
@@ -237,9 +243,11 @@ def _train_flow(cfg: DictConfig, log, run: RunDirectory) -> dict:
     params = sum(p.numel() for p in flow.parameters())
     iterations, lr = int(model_cfg.iterations[profile]), float(model_cfg.lr[profile])
     optimizer = (torch.optim.Adam if is_cnf else torch.optim.RMSprop)(flow.parameters(), lr=lr)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
+                 if model_cfg.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, 0))
     solver = flow.solver if is_cnf else None
     log(f"[noderun] flows/{kind}: {model_cfg.name} width={model_cfg.width} ({params:,} params) target={target} "
-        f"profile={profile} iterations={iterations} lr={lr:g} batch={model_cfg.batch_size}"
+        f"profile={profile} iterations={iterations} lr={lr:g} ({model_cfg.lr_schedule}) batch={model_cfg.batch_size}"
         + (f" solver={solver['method']} rtol={solver['rtol']:g} atol={solver['atol']:g} trace={model_cfg.trace}"
            if is_cnf else ""))
     test_x = None
@@ -253,6 +261,7 @@ def _train_flow(cfg: DictConfig, log, run: RunDirectory) -> dict:
     if "model" in state:
         flow.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         restore_rng_states(state["rng"], generator, data_generator)
         log(f"[noderun] resumed at iteration {state['step']}/{iterations}")
     times, nfe_f, nfe_b = state["times"], state["nfe_forward"], state["nfe_backward"]
@@ -262,7 +271,7 @@ def _train_flow(cfg: DictConfig, log, run: RunDirectory) -> dict:
     def checkpoint() -> None:
         state["train_elapsed_s"] += time.perf_counter() - segment_start
         run.save({**state, "model": flow.state_dict(), "optimizer": optimizer.state_dict(),
-                  "rng": rng_states(generator, data_generator)})
+                  "scheduler": scheduler.state_dict(), "rng": rng_states(generator, data_generator)})
 
     for step in range(state["step"] + 1, iterations + 1):
         if run.stop_requested:
@@ -281,6 +290,7 @@ def _train_flow(cfg: DictConfig, log, run: RunDirectory) -> dict:
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training loss became {loss_value} at iteration {step}")
         optimizer.step()
+        scheduler.step()
         times.append(time.perf_counter() - start)
         nfe_f.append(stats.nfe_forward)
         nfe_b.append(stats.nfe_backward)
