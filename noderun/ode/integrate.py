@@ -47,6 +47,20 @@ class SolverOptions:
     norm: Norm = rms_norm
 
 
+@dataclass
+class StepHint:
+    """A step size carried from one solve to the next.
+
+    ``integrate`` starts from ``h`` (when set, and no ``first_step`` is given) instead of
+    selecting an initial step, which costs one evaluation and is deliberately cautious;
+    when it returns, ``h`` holds the step the controller proposed after the last step.
+    The adjoint's backward solve starts from the forward solve's proposal at the final
+    time, and each backward interval from the previous interval's.
+    """
+
+    h: Optional[float] = None
+
+
 _DENSE_CACHE: dict = {}
 
 
@@ -64,6 +78,7 @@ def integrate(
     tableau: ButcherTableau,
     options: SolverOptions,
     f0: Optional[torch.Tensor] = None,
+    hint: Optional[StepHint] = None,
 ) -> Tuple[torch.Tensor, SolveStats]:
     """Solve ``y' = func(t, y)`` from ``times[0]`` and return the state at every time.
 
@@ -77,6 +92,8 @@ def integrate(
             unless ``options.step_size`` is set.
         f0: ``func(times[0], y0)`` if the caller already has it (saves one
             evaluation).
+        hint: Adaptive solves: start from ``hint.h`` if set (and ``options.first_step``
+            is not), and leave the controller's last proposed step in it.
 
     Returns:
         ``([len(times), N] solution, SolveStats)`` with ``nfe_forward``,
@@ -91,7 +108,7 @@ def integrate(
     if len(times) == 1:
         return y0.unsqueeze(0), stats
     if tableau.adaptive and options.step_size is None:
-        ys = _integrate_adaptive(counted, y0, times, tableau, options, f0, stats)
+        ys = _integrate_adaptive(counted, y0, times, tableau, options, f0, stats, hint)
     else:
         ys = _integrate_fixed(counted, y0, times, tableau, options.step_size, f0, stats)
     return ys, stats
@@ -145,6 +162,7 @@ def _integrate_adaptive(
     o: SolverOptions,
     f0: Optional[torch.Tensor],
     stats: SolveStats,
+    hint: Optional[StepHint] = None,
 ) -> torch.Tensor:
     """Error-controlled steps; requested times inside a step come from dense output."""
     n_out = len(times)
@@ -157,6 +175,8 @@ def _integrate_adaptive(
 
     if o.first_step is not None:
         h = float(o.first_step)
+    elif hint is not None and hint.h is not None and math.isfinite(hint.h) and hint.h > 0:
+        h = hint.h
     else:
         with torch.no_grad():
             h = initial_step(func, t, y, k1, direction, tableau.error_order, o.rtol, o.atol, o.norm)
@@ -217,4 +237,6 @@ def _integrate_adaptive(
             # longer step the controller had proposed.
             h_next = max(h_next, h)
         h = min(h_next, o.max_step)
+    if hint is not None:
+        hint.h = h
     return torch.cat(outputs)

@@ -1,0 +1,67 @@
+"""The adjoint's backward solve starts from the forward solve's last proposed step."""
+
+import pytest
+import torch
+from torch import nn
+
+from noderun.ode import adjoint as adjoint_module
+from noderun.ode import odeint, odeint_adjoint, track_stats
+
+F64 = torch.float64
+
+
+class Dynamics(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+    def forward(self, t, y):
+        return self.net(y) * (1 + t)
+
+
+def _run(func, y0, t, **kw):
+    func.zero_grad()
+    with track_stats() as stats:
+        ys = odeint_adjoint(func, y0, t, **kw)
+        (ys**2).sum().backward()
+    return torch.cat([p.grad.flatten() for p in func.parameters()]), stats
+
+
+@pytest.mark.parametrize("times", [[0.0, 2.0], [0.0, 0.5, 1.0, 1.5, 2.0]], ids=["one interval", "four intervals"])
+def test_reusing_the_forward_step_saves_backward_evaluations_not_accuracy(monkeypatch, times):
+    func = Dynamics()
+    y0 = torch.randn(8, 3, dtype=F64)
+    t = torch.tensor(times, dtype=F64)
+    reference = torch.autograd.grad((odeint(func, y0, t, rtol=1e-12, atol=1e-12) ** 2).sum(), tuple(func.parameters()))
+    reference = torch.cat([g.flatten() for g in reference])
+    results = {}
+    for reuse in (False, True):
+        monkeypatch.setattr(adjoint_module, "REUSE_FORWARD_STEP", reuse)
+        results[reuse] = _run(func, y0, t, rtol=1e-6, atol=1e-6)
+    (g_select, s_select), (g_reuse, s_reuse) = results[False], results[True]
+    # every backward interval skips the initial-step selection's evaluation, at least
+    assert s_reuse.nfe_backward <= s_select.nfe_backward - (len(times) - 1)
+    assert s_reuse.nfe_forward == s_select.nfe_forward
+    err_select = ((g_select - reference).norm() / reference.norm()).item()
+    err_reuse = ((g_reuse - reference).norm() / reference.norm()).item()
+    assert err_reuse < 1e-4 and err_reuse < 3 * err_select + 1e-9
+
+
+def test_a_second_backward_pass_starts_from_the_same_step():
+    func = Dynamics()
+    y0 = torch.randn(8, 3, dtype=F64)
+    loss = (odeint_adjoint(func, y0, torch.tensor([0.0, 1.0, 2.0], dtype=F64), rtol=1e-5, atol=1e-5) ** 2).sum()
+    params = tuple(func.parameters())
+    first = torch.autograd.grad(loss, params, retain_graph=True)
+    second = torch.autograd.grad(loss, params)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_an_explicit_adjoint_first_step_takes_precedence():
+    func = Dynamics()
+    y0 = torch.randn(8, 3, dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    _, default = _run(func, y0, t, rtol=1e-6, atol=1e-6)
+    _, tiny = _run(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options={"first_step": 1e-6})
+    assert tiny.nfe_backward > default.nfe_backward
