@@ -29,6 +29,7 @@ class ClassifierModelConfig:
     # ODE block: "exact" computes the time channel without concatenation, "concat" as published
     time_channel: str = "exact"
     channels_last: bool = False  # ODE block: solve in NHWC memory order (convolutions, GroupNorm, solver state)
+    conv_impl: str = "torch"  # ODE block convolutions: torch (F.conv2d) or nnpack (CPU float32; noderun.models.conv)
     # Random-crop augmentation (dataset.crop_padding) suits the conv nets, which are translation
     # equivariant; the MLP row (quoted by the paper from LeCun et al. 1998) trains without it.
     augment: bool = True

@@ -53,6 +53,7 @@ def odenet_kwargs(model_cfg) -> dict:
         "channels": model_cfg.channels,
         "time_channel": model_cfg.get("time_channel", "exact"),
         "channels_last": bool(model_cfg.get("channels_last", False)),
+        "conv_impl": model_cfg.get("conv_impl", "torch"),
     }
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from noderun.errors import ConfigError
 from noderun.models.blocks import classifier_head, downsampling, group_norm
+from noderun.models.conv import CONV_IMPLS, conv2d
 
 
 class TimeConv2d(nn.Module):
@@ -29,11 +30,15 @@ class TimeConv2d(nn.Module):
     the weight applied to a ones image with the same zero padding: a fixed [C, H, W] map
     (its border differs from the interior because of the padding). Computing it costs a
     batch-1, one-channel convolution instead of building a [B, C+1, H, W] tensor per call.
+
+    conv_impl="nnpack" runs the convolution over h (or the concatenation) with
+    noderun.models.conv's NNPACK path where it applies (float32 on the CPU).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, padding: int = 1):
+    def __init__(self, channels: int, kernel_size: int = 3, padding: int = 1, conv_impl: str = "torch"):
         super().__init__()
         self.padding = padding
+        self.conv_impl = conv_impl
         self.weight = nn.Parameter(torch.empty(channels, channels + 1, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(channels))
         self.reset_parameters()
@@ -52,13 +57,13 @@ class TimeConv2d(nn.Module):
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """t: 0-dim tensor; h: float [B, C, H, W] -> [B, C, H, W]."""
-        out = F.conv2d(h, self.weight[:, 1:], self.bias, padding=self.padding)
+        out = conv2d(h, self.weight[:, 1:], self.bias, self.padding, self.conv_impl)
         return out + t * self.time_map(h.shape[-2], h.shape[-1])
 
     def forward_concat(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The reference form: concatenate a t-filled channel, then convolve. Same result."""
         time_channel = torch.ones_like(h[:, :1]) * t
-        return F.conv2d(torch.cat([time_channel, h], dim=1), self.weight, self.bias, padding=self.padding)
+        return conv2d(torch.cat([time_channel, h], dim=1), self.weight, self.bias, self.padding, self.conv_impl)
 
 
 TIME_CHANNELS = ("exact", "concat")
@@ -69,22 +74,29 @@ def check_time_channel(time_channel: str) -> None:
         raise ConfigError(f"model.time_channel={time_channel!r} is invalid; valid values: {sorted(TIME_CHANNELS)}")
 
 
+def check_conv_impl(conv_impl: str) -> None:
+    if conv_impl not in CONV_IMPLS:
+        raise ConfigError(f"model.conv_impl={conv_impl!r} is invalid; valid values: {list(CONV_IMPLS)}")
+
+
 class ConvODEFunc(nn.Module):
     """Dynamics f(t, h) = GN(conv_t(ReLU(GN(conv_t(ReLU(GN(h))))))), float [B, C, H, W] -> same.
 
     time_channel="exact" computes each conv_t with :meth:`TimeConv2d.forward` (no concat);
     "concat" with :meth:`TimeConv2d.forward_concat`, the published form. Same parameters
-    (and parameter names), same function: a state_dict loads into either.
+    (and parameter names), same function: a state_dict loads into either. conv_impl
+    selects the implementation of the two convolutions (see noderun.models.conv).
     """
 
-    def __init__(self, channels: int = 64, time_channel: str = "exact"):
+    def __init__(self, channels: int = 64, time_channel: str = "exact", conv_impl: str = "torch"):
         super().__init__()
         check_time_channel(time_channel)
+        check_conv_impl(conv_impl)
         self.time_channel = time_channel
         self.norm1 = group_norm(channels)
-        self.conv1 = TimeConv2d(channels)
+        self.conv1 = TimeConv2d(channels, conv_impl=conv_impl)
         self.norm2 = group_norm(channels)
-        self.conv2 = TimeConv2d(channels)
+        self.conv2 = TimeConv2d(channels, conv_impl=conv_impl)
         self.norm3 = group_norm(channels)
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -246,6 +258,7 @@ def build_odenet(
     backend: str = "native",
     time_channel: str = "exact",
     channels_last: bool = False,
+    conv_impl: str = "torch",
 ) -> nn.Sequential:
     """208,266 parameters at 64 channels. Input float [B, 1, 28, 28]; output logits [B, 10].
 
@@ -253,7 +266,7 @@ def build_odenet(
     is ``time_channel="concat", channels_last=False, backend="torchdiffeq"``; every variant
     has the same parameter names, so a state_dict loads into any of them.
     """
-    func = ConvODEFunc(channels, time_channel=time_channel)
+    func = ConvODEFunc(channels, time_channel=time_channel, conv_impl=conv_impl)
     if channels_last:
         func = func.to(memory_format=torch.channels_last)
     block = ODEBlock(
