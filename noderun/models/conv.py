@@ -49,11 +49,12 @@ class _NNPACKConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int):
-        weight = weight.contiguous()
+        # The weight as given (often a view of a parameter, e.g. TimeConv2d's h-slice) is what is
+        # saved, as F.conv2d saves it: no per-call copy is kept alive for the backward pass.
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         ctx.has_bias = bias is not None
-        return torch._nnpack_spatial_convolution(x, weight, bias, [padding, padding])
+        return torch._nnpack_spatial_convolution(x, weight.contiguous(), bias, [padding, padding])
 
     @staticmethod
     @once_differentiable
