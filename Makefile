@@ -60,6 +60,7 @@ plot: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ode.py
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,368 @@
+"""Training-iteration benchmark: the ODE-Net as noderun trains it against the reference implementation.
+
+Run:  python benchmarks/bench_train.py [--repeats 5] [--levers] [--compile] [--threads N] [--out results/bench_train.md]
+
+Everything runs in one process, interleaved (one iteration of each variant per round),
+median over the rounds after one warm-up iteration each.
+
+1. One ODE-Net training iteration: a batch of 128 MNIST training images (random pixels when
+   data/ holds no MNIST: the cost per evaluation does not depend on them, the NFE do),
+   forward, cross-entropy, backward, SGD step, with every variant built from the Hydra
+   config (`noderun train model=odenet ...`):
+   - ours: the defaults of `model=odenet`;
+   - reference: the network as published: `model.time_channel=concat model.channels_last=false
+     model.conv_impl=torch solver.backend=torchdiffeq`, dopri5 at rtol = atol = 1e-3,
+     adjoint, torchdiffeq's default adjoint norm;
+   - with --levers, the defaults with one setting changed at a time (adjoint seminorm,
+     tsit5/dopri5, time channel, memory format, convolution implementation, backend, and
+     the native adjoint's backward first step, noderun.ode.adjoint.REUSE_FORWARD_STEP) and,
+     with --compile, the defaults with the dynamics under torch.compile (compile time
+     reported apart).
+   Before every iteration each variant is reset to the same weights (and fresh momentum), so
+   all rounds repeat the same computation: freshly initialised weights (seed 0) and, if
+   results/checkpoints/table1-odenet-quick-seed0.pt exists, the trained quick ODE-Net's.
+   Reported: seconds per iteration, forward and backward NFE (noderun.ode.track_stats, which
+   both backends report to), activation memory (noderun.profiling.SavedTensorMeter), and
+   reference time / variant time.
+2. Solver only: the same dynamics module (ConvODEFunc, exact time channel, NCHW, torch
+   convolutions) from the same state h(0) (the downsampling's output) under
+   noderun.ode.odeint_adjoint and torchdiffeq.odeint_adjoint, dopri5 at rtol = atol = 1e-3,
+   loss <h(1), g> with g the training loss's gradient at h(1) (so the adjoint has its
+   training scale), with identical error norms (torchdiffeq's default mixed norm, and its
+   seminorm, passed to both), then each library's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from noderun.config import CONF_DIR, register_configs  # noqa: E402
+from noderun.models import build_model, ode_blocks  # noqa: E402
+from noderun.models.blocks import classifier_head, downsampling  # noqa: E402
+from noderun.models.odenet import ConvODEFunc  # noqa: E402
+from noderun.ode import adjoint as native_adjoint  # noqa: E402
+from noderun.ode import odeint_adjoint as native_odeint_adjoint  # noqa: E402
+from noderun.ode import track_stats  # noqa: E402
+from noderun.profiling import SavedTensorMeter, device_name, git_commit  # noqa: E402
+
+CHECKPOINT = ROOT / "results" / "checkpoints" / "table1-odenet-quick-seed0.pt"
+REFERENCE = ["model.time_channel=concat", "model.channels_last=false", "model.conv_impl=torch", "solver.backend=torchdiffeq",
+             "solver=dopri5", "solver.rtol=1e-3", "solver.atol=1e-3", "solver.seminorm=false", "solver.adjoint=true"]
+BATCH = 128
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["model=odenet", *overrides])
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def describe(cfg, reuse_step: bool = True) -> str:
+    s, m = cfg.solver, cfg.model
+    first = "" if s.backend != "native" else (", bwd from fwd step" if reuse_step else ", bwd step selected")
+    return (f"{s.backend}, {s.method} {s.rtol:g}, {'seminorm' if s.seminorm else 'default norm'}, "
+            f"{m.time_channel} time, {'channels_last' if m.channels_last else 'NCHW'}, {m.conv_impl} conv{first}")
+
+
+@dataclass
+class Variant:
+    name: str
+    overrides: list
+    compile: bool = False
+    reuse_step: bool = True  # noderun.ode.adjoint.REUSE_FORWARD_STEP while this variant runs
+    cfg: object = None
+    model: torch.nn.Module = None
+    optimizer: torch.optim.Optimizer = None
+    times: list = field(default_factory=list)
+    nfe: tuple = (0, 0)
+    memory_mib: float = 0.0
+    first_iter_s: float = 0.0
+
+    def build(self, state_dict):
+        self.cfg = compose(self.overrides)
+        self.model = build_model(self.cfg.model, self.cfg.solver)
+        self.model.load_state_dict(state_dict)
+        if self.compile:
+            block = ode_blocks(self.model)[0]
+            block.func = torch.compile(block.func)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+
+
+def training_iteration(variant: Variant, state_dict, x, y, meter=None) -> float:
+    """Reset to `state_dict`, then one timed forward + backward + SGD step."""
+    model, optimizer = variant.model, variant.optimizer
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(state_dict[name.replace("_orig_mod.", "")])
+    optimizer.state.clear()
+    native_adjoint.REUSE_FORWARD_STEP = variant.reuse_step
+    start = time.perf_counter()
+    with track_stats() as stats:
+        with meter if meter is not None else nullcontext():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    optimizer.step()
+    elapsed = time.perf_counter() - start
+    variant.nfe = (stats.nfe_forward, stats.nfe_backward)
+    return elapsed
+
+
+def lever_variants(default_cfg, with_compile: bool) -> list:
+    """The defaults with one setting changed at a time: (lever, variant name)."""
+    s, m = default_cfg.solver, default_cfg.model
+    levers = [
+        ("adjoint norm", f"solver.seminorm={str(not s.seminorm).lower()}"),
+        ("method", f"solver={'dopri5' if s.method == 'tsit5' else 'tsit5'}"),
+        ("time channel", f"model.time_channel={'concat' if m.time_channel == 'exact' else 'exact'}"),
+        ("memory format", f"model.channels_last={str(not m.channels_last).lower()}"),
+        ("convolution", f"model.conv_impl={'torch' if m.conv_impl == 'nnpack' else 'nnpack'}"),
+    ]
+    other = "torchdiffeq" if s.backend == "native" else "native"
+    # torchdiffeq has no tsit5: the backend lever then also switches to dopri5
+    levers.append(("backend", f"solver.backend={other}" + (" solver=dopri5" if s.method == "tsit5" else "")))
+    out = [(lever, Variant(f"ours, {override}", override.split())) for lever, override in levers]
+    if s.backend == "native" and s.adjoint is not False:
+        out.append(("backward first step", Variant("ours, backward step selected afresh", [], reuse_step=False)))
+    if with_compile:
+        out.append(("torch.compile", Variant("ours, compiled dynamics", [], compile=True)))
+    return out
+
+
+def make_batch(data_dir, log):
+    """128 MNIST training images (a fixed random choice) with their labels, or random pixels without data.
+
+    The time per evaluation does not depend on the pixels, but the NFE do (a trained net
+    on noise is off its training distribution), so real images are used when present.
+    """
+    from noderun.data.batching import to_float
+    from noderun.data.mnist import load_mnist
+
+    generator = torch.Generator().manual_seed(1)
+    try:
+        data = load_mnist(data_dir, allow_download=False, log=lambda *_: None)
+    except Exception as exc:  # no data here: timing only needs the shape
+        log(f"no MNIST under {data_dir} ({type(exc).__name__}): random images")
+        return torch.rand(BATCH, 1, 28, 28, generator=generator), torch.randint(0, 10, (BATCH,), generator=generator), \
+            "random pixels"
+    index = torch.randperm(len(data.train_images), generator=generator)[:BATCH]
+    return to_float(data.train_images[index]), data.train_labels[index], "MNIST training images"
+
+
+def bench_training(state_dict, label, batch, args, log) -> tuple[list, list]:
+    x, y = batch
+    ours = Variant("ours (defaults)", [])
+    reference = Variant("reference", REFERENCE)
+    variants = [ours, reference]
+    levers = []
+    if args.levers:
+        levers = lever_variants(compose([]), args.compile)
+        variants += [v for _, v in levers]
+    for v in variants:
+        v.build(state_dict)
+        # warm-up (and compilation); memory measured on a separate iteration, as in training
+        v.first_iter_s = training_iteration(v, state_dict, x, y)
+        meter = SavedTensorMeter()
+        training_iteration(v, state_dict, x, y, meter)
+        v.memory_mib = meter.mib
+        log(f"  [{label}] warm-up {v.name}: {v.first_iter_s:.2f} s, NFE {v.nfe}")
+    for r in range(args.repeats):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            v.times.append(training_iteration(v, state_dict, x, y))
+        log(f"  [{label}] round {r + 1}/{args.repeats}: " + ", ".join(f"{v.times[-1]:.2f}" for v in variants))
+    ref_t = statistics.median(reference.times)
+    rows = []
+    for v in variants:
+        t = statistics.median(v.times)
+        rows.append([label, v.name, describe(v.cfg, v.reuse_step) + (", compiled" if v.compile else ""), f"{t:.3f}",
+                     f"{min(v.times):.3f}", f"{v.nfe[0]} / {v.nfe[1]}", f"{v.memory_mib:.2f}", f"{ref_t / t:.2f}"])
+    lever_rows = []
+    ours_t = statistics.median(ours.times)
+    for lever, v in levers:
+        t = statistics.median(v.times)
+        extra = f" (compile {v.first_iter_s - ours_t:.0f} s)" if v.compile else ""
+        lever_rows.append([label, lever, describe(ours.cfg), describe(v.cfg, v.reuse_step) + (", compiled" if v.compile else "")
+                           + extra, f"{ours_t:.3f}", f"{t:.3f}", f"{ours.nfe[0]} / {ours.nfe[1]}",
+                           f"{v.nfe[0]} / {v.nfe[1]}", f"{t / ours_t:.2f}"])
+    return rows, lever_rows
+
+
+# ------------------------------------------------------------------ solver only
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean().sqrt()
+
+
+def bench_solver(state_dict, label, batch, args, log) -> list:
+    import torchdiffeq
+
+    stem, head = downsampling(64), classifier_head(64)
+    stem.load_state_dict({k[2:]: v for k, v in state_dict.items() if k.startswith("0.")})
+    head.load_state_dict({k[2:]: v for k, v in state_dict.items() if k.startswith("2.")})
+    func = ConvODEFunc(64)
+    func.load_state_dict({k[len("1.func."):]: v for k, v in state_dict.items() if k.startswith("1.func.")})
+    x, labels = batch
+    with torch.no_grad():
+        h0 = stem(x)
+        h1 = native_odeint_adjoint(func, h0, torch.tensor([0.0, 1.0]), method="dopri5", rtol=1e-3, atol=1e-3)[-1]
+    # The training loss's gradient at h(1), so the adjoint has the scale it has in training.
+    h1.requires_grad_(True)
+    (weight,) = torch.autograd.grad(F.cross_entropy(head(h1), labels), h1)
+    t = torch.tensor([0.0, 1.0])
+    params = tuple(func.parameters())
+    n, sizes = h0.numel(), [p.numel() for p in params]
+    kw = dict(method="dopri5", rtol=1e-3, atol=1e-3)
+
+    def native_mixed(s):  # torchdiffeq's default adjoint norm on our flat [y, a, g] state
+        parts = [s[:n], s[n : 2 * n], *s[2 * n :].split(sizes)]
+        return max(_rms(p).item() for p in parts)
+
+    def native_semi(s):  # torchdiffeq's seminorm on our flat state
+        return max(_rms(s[:n]).item(), _rms(s[n : 2 * n]).item())
+
+    norms = [
+        ("identical: torchdiffeq's default (max of per-tensor RMS)", {"norm": native_mixed}, None),
+        ("identical: seminorm (max of RMS of y and a)", {"norm": native_semi}, {"norm": "seminorm"}),
+        ("each library's default (ours: RMS over [y, a, g])", None, None),
+    ]
+
+    class Counter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.forward_calls, self.backward_calls, self.backward = func, 0, 0, False
+
+        def forward(self, tt, y):
+            if self.backward:
+                self.backward_calls += 1
+            else:
+                self.forward_calls += 1
+            return self.f(tt, y)
+
+    rows = []
+    for name, ours_norm, theirs_norm in norms:
+        def ours():
+            func.zero_grad()
+            with track_stats() as stats:
+                y1 = native_odeint_adjoint(func, h0, t, **kw, adjoint_options=ours_norm)[-1]
+                (y1 * weight).sum().backward()
+            return stats.nfe_forward, stats.nfe_backward
+
+        def theirs():
+            func.zero_grad()
+            counter = Counter()
+            y1 = torchdiffeq.odeint_adjoint(counter, h0, t, **kw, adjoint_options=theirs_norm, adjoint_params=params)[-1]
+            counter.backward = True
+            (y1 * weight).sum().backward()
+            return counter.forward_calls, counter.backward_calls
+
+        nfe = {"ours": ours(), "theirs": theirs()}
+        times = {"ours": [], "theirs": []}
+        for r in range(args.repeats):
+            for key, fn in (("ours", ours), ("theirs", theirs)) if r % 2 == 0 else (("theirs", theirs), ("ours", ours)):
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        log(f"  [{label}] solver only, {name}: {med['ours']:.3f} / {med['theirs']:.3f} s")
+        rows.append([label, name, f"{nfe['ours'][0]} / {nfe['theirs'][0]}", f"{nfe['ours'][1]} / {nfe['theirs'][1]}",
+                     f"{med['ours']:.3f} / {med['theirs']:.3f}", f"{med['theirs'] / med['ours']:.2f}"])
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (median)")
+    parser.add_argument("--levers", action="store_true", help="also time the defaults with one setting changed")
+    parser.add_argument("--compile", action="store_true", help="with --levers: also torch.compile the dynamics")
+    parser.add_argument("--no-solver", action="store_true", help="skip the solver-only comparison")
+    parser.add_argument("--weights", choices=["fresh", "trained", "both"], default="both")
+    parser.add_argument("--data-dir", default=str(ROOT / "data"), help="MNIST for the batch (random pixels without)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice; 1 is steadier on a loaded machine)")
+    parser.add_argument("--out", default="results/bench_train.md", help="markdown output ('' to print only)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    torch.manual_seed(0)
+    weight_sets = []
+    if args.weights in ("fresh", "both"):
+        fresh = build_model(compose([]).model, compose([]).solver)
+        weight_sets.append(("fresh (seed 0)", {k: v.clone() for k, v in fresh.state_dict().items()}))
+    if args.weights in ("trained", "both"):
+        if CHECKPOINT.is_file():
+            payload = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+            weight_sets.append(("trained (quick, seed 0)", payload["state_dict"]))
+        else:
+            log(f"no {CHECKPOINT.relative_to(ROOT)}: trained weights skipped")
+
+    x, y, batch_kind = make_batch(args.data_dir, log)
+    train_rows, lever_rows, solver_rows = [], [], []
+    for label, state_dict in weight_sets:
+        rows, levers = bench_training(state_dict, label, (x, y), args, log)
+        train_rows += rows
+        lever_rows += levers
+        if not args.no_solver:
+            solver_rows += bench_solver(state_dict, label, (x, y), args, log)
+
+    cpu = device_name(torch.device("cpu"))
+    header = (f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, Python "
+              f"{platform.python_version()}, commit {git_commit()}; median of {args.repeats} interleaved rounds "
+              f"after one warm-up; one batch of {BATCH} {batch_kind}; load average before/after "
+              f"{started_load} / {os.getloadavg()[0]:.2f}\n")
+    sections = [
+        "## One ODE-Net training iteration (forward + backward + SGD step)\n\n"
+        + tabulate(train_rows, headers=["weights", "variant", "settings", "median s", "min s", "NFE fwd / bwd",
+                                        "memory MiB", "reference / this"], tablefmt="github"),
+    ]
+    if lever_rows:
+        sections.append(
+            "## Levers: the defaults with one setting changed (same run)\n\n"
+            + tabulate(lever_rows, headers=["weights", "lever", "default", "changed", "default s", "changed s",
+                                            "NFE default", "NFE changed", "changed / default"], tablefmt="github"))
+    if solver_rows:
+        sections.append(
+            "## Solver only: same dynamics, noderun.ode vs torchdiffeq odeint_adjoint (dopri5, 1e-3)\n\n"
+            + tabulate(solver_rows, headers=["weights", "adjoint error norm", "NFE fwd (ours / torchdiffeq)",
+                                             "NFE bwd (ours / torchdiffeq)", "median s (ours / torchdiffeq)",
+                                             "torchdiffeq / ours"], tablefmt="github"))
+    text = header + "\n" + "\n\n".join(sections) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write("# ODE-Net training benchmark (`benchmarks/bench_train.py`)\n\n" + text)
+
+
+started_load = f"{os.getloadavg()[0]:.2f}"
+
+if __name__ == "__main__":
+    main()
