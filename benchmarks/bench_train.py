@@ -1,6 +1,7 @@
 """Training-iteration benchmark: the ODE-Net as noderun trains it against the reference implementation.
 
-Run:  python benchmarks/bench_train.py [--repeats 5] [--levers] [--compile] [--threads N] [--out results/bench_train.md]
+Run:  python benchmarks/bench_train.py [--repeats 5] [--levers] [--compile] [--train-iters N] [--threads N]
+                                      [--device cpu|cuda] [--out results/bench_train.md]
 
 Everything runs in one process, interleaved (one iteration of each variant per round),
 median over the rounds after one warm-up iteration each.
@@ -24,7 +25,11 @@ median over the rounds after one warm-up iteration each.
    Reported: seconds per iteration, forward and backward NFE (noderun.ode.track_stats, which
    both backends report to), activation memory (noderun.profiling.SavedTensorMeter), and
    reference time / variant time.
-2. Solver only: the same dynamics module (ConvODEFunc, exact time channel, NCHW, torch
+2. With --train-iters N: ours and the reference trained side by side from the same fresh
+   weights on the same N batches (no augmentation, SGD lr 0.05, momentum 0.9), one iteration
+   of each in turn: total and median seconds, mean NFE over the run (they fall as the net
+   trains), the loss at the end.
+3. Solver only: the same dynamics module (ConvODEFunc, exact time channel, NCHW, torch
    convolutions) from the same state h(0) (the downsampling's output) under
    noderun.ode.odeint_adjoint and torchdiffeq.odeint_adjoint, dopri5 at rtol = atol = 1e-3,
    loss <h(1), g> with g the training loss's gradient at h(1) (so the adjoint has its
@@ -58,7 +63,7 @@ from noderun.models.odenet import ConvODEFunc  # noqa: E402
 from noderun.ode import adjoint as native_adjoint  # noqa: E402
 from noderun.ode import odeint_adjoint as native_odeint_adjoint  # noqa: E402
 from noderun.ode import track_stats  # noqa: E402
-from noderun.profiling import SavedTensorMeter, device_name, git_commit  # noqa: E402
+from noderun.profiling import SavedTensorMeter, device_name, git_commit, synchronize  # noqa: E402
 
 CHECKPOINT = ROOT / "results" / "checkpoints" / "table1-odenet-quick-seed0.pt"
 REFERENCE = ["model.time_channel=concat", "model.channels_last=false", "model.conv_impl=torch", "solver.backend=torchdiffeq",
@@ -100,9 +105,9 @@ class Variant:
     memory_mib: float = 0.0
     first_iter_s: float = 0.0
 
-    def build(self, state_dict):
+    def build(self, state_dict, device):
         self.cfg = compose(self.overrides)
-        self.model = build_model(self.cfg.model, self.cfg.solver)
+        self.model = build_model(self.cfg.model, self.cfg.solver).to(device)
         self.model.load_state_dict(state_dict)
         if self.compile:
             block = ode_blocks(self.model)[0]
@@ -118,6 +123,7 @@ def training_iteration(variant: Variant, state_dict, x, y, meter=None) -> float:
             p.copy_(state_dict[name.replace("_orig_mod.", "")])
     optimizer.state.clear()
     native_adjoint.REUSE_FORWARD_STEP = variant.reuse_step
+    synchronize(x.device)
     start = time.perf_counter()
     with track_stats() as stats:
         with meter if meter is not None else nullcontext():
@@ -126,6 +132,7 @@ def training_iteration(variant: Variant, state_dict, x, y, meter=None) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
     optimizer.step()
+    synchronize(x.device)
     elapsed = time.perf_counter() - start
     variant.nfe = (stats.nfe_forward, stats.nfe_backward)
     return elapsed
@@ -152,8 +159,9 @@ def lever_variants(default_cfg, with_compile: bool) -> list:
     return out
 
 
-def make_batch(data_dir, log):
-    """128 MNIST training images (a fixed random choice) with their labels, or random pixels without data.
+def make_batches(data_dir, count: int, log):
+    """`count` batches of 128 MNIST training images (a fixed random choice, no augmentation) with
+    their labels, or random pixels and labels when there is no data: (list of (x, y), kind).
 
     The time per evaluation does not depend on the pixels, but the NFE do (a trained net
     on noise is off its training distribution), so real images are used when present.
@@ -166,10 +174,49 @@ def make_batch(data_dir, log):
         data = load_mnist(data_dir, allow_download=False, log=lambda *_: None)
     except Exception as exc:  # no data here: timing only needs the shape
         log(f"no MNIST under {data_dir} ({type(exc).__name__}): random images")
-        return torch.rand(BATCH, 1, 28, 28, generator=generator), torch.randint(0, 10, (BATCH,), generator=generator), \
-            "random pixels"
-    index = torch.randperm(len(data.train_images), generator=generator)[:BATCH]
-    return to_float(data.train_images[index]), data.train_labels[index], "MNIST training images"
+        return [(torch.rand(BATCH, 1, 28, 28, generator=generator),
+                 torch.randint(0, 10, (BATCH,), generator=generator)) for _ in range(count)], "random pixels"
+    order = torch.randperm(len(data.train_images), generator=generator)[: count * BATCH]
+    return [(to_float(data.train_images[index]), data.train_labels[index]) for index in order.split(BATCH)], \
+        "MNIST training images"
+
+
+def bench_run(state_dict, batches, args, log) -> list:
+    """ours and the reference trained side by side from the same weights on the same batches."""
+    ours, reference = Variant("ours (defaults)", []), Variant("reference", REFERENCE)
+    device = batches[0][0].device
+    for v in (ours, reference):
+        v.build(state_dict, device)
+        v.optimizer = torch.optim.SGD(v.model.parameters(), lr=0.05, momentum=0.9)
+    records = {v.name: {"time": [], "nfe": [], "loss": []} for v in (ours, reference)}
+    for step, (x, y) in enumerate(batches):
+        for v in ((ours, reference) if step % 2 == 0 else (reference, ours)):
+            native_adjoint.REUSE_FORWARD_STEP = v.reuse_step
+            synchronize(device)
+            start = time.perf_counter()
+            with track_stats() as stats:
+                loss = F.cross_entropy(v.model(x), y)
+                v.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            v.optimizer.step()
+            synchronize(device)
+            record = records[v.name]
+            record["time"].append(time.perf_counter() - start)
+            record["nfe"].append((stats.nfe_forward, stats.nfe_backward))
+            record["loss"].append(loss.item())
+        if (step + 1) % 10 == 0:
+            log(f"  [run] {step + 1}/{len(batches)}: " + ", ".join(
+                f"{name} {statistics.fmean(r['time'][-10:]):.2f} s, loss {statistics.fmean(r['loss'][-10:]):.3f}"
+                for name, r in records.items()))
+    ref_total = sum(records["reference"]["time"])
+    rows = []
+    for v in (ours, reference):
+        r = records[v.name]
+        tail = max(1, len(r["loss"]) // 10)
+        rows.append([v.name, describe(v.cfg, v.reuse_step), f"{sum(r['time']):.1f}", f"{statistics.median(r['time']):.3f}",
+                     f"{statistics.fmean(n[0] for n in r['nfe']):.1f} / {statistics.fmean(n[1] for n in r['nfe']):.1f}",
+                     f"{statistics.fmean(r['loss'][-tail:]):.3f}", f"{ref_total / sum(r['time']):.2f}"])
+    return rows
 
 
 def bench_training(state_dict, label, batch, args, log) -> tuple[list, list]:
@@ -182,7 +229,7 @@ def bench_training(state_dict, label, batch, args, log) -> tuple[list, list]:
         levers = lever_variants(compose([]), args.compile)
         variants += [v for _, v in levers]
     for v in variants:
-        v.build(state_dict)
+        v.build(state_dict, x.device)
         # warm-up (and compilation); memory measured on a separate iteration, as in training
         v.first_iter_s = training_iteration(v, state_dict, x, y)
         meter = SavedTensorMeter()
@@ -227,13 +274,14 @@ def bench_solver(state_dict, label, batch, args, log) -> list:
     func = ConvODEFunc(64)
     func.load_state_dict({k[len("1.func."):]: v for k, v in state_dict.items() if k.startswith("1.func.")})
     x, labels = batch
+    stem, head, func = stem.to(x.device), head.to(x.device), func.to(x.device)
+    t = torch.tensor([0.0, 1.0], device=x.device)
     with torch.no_grad():
         h0 = stem(x)
-        h1 = native_odeint_adjoint(func, h0, torch.tensor([0.0, 1.0]), method="dopri5", rtol=1e-3, atol=1e-3)[-1]
+        h1 = native_odeint_adjoint(func, h0, t, method="dopri5", rtol=1e-3, atol=1e-3)[-1]
     # The training loss's gradient at h(1), so the adjoint has the scale it has in training.
     h1.requires_grad_(True)
     (weight,) = torch.autograd.grad(F.cross_entropy(head(h1), labels), h1)
-    t = torch.tensor([0.0, 1.0])
     params = tuple(func.parameters())
     n, sizes = h0.numel(), [p.numel() for p in params]
     kw = dict(method="dopri5", rtol=1e-3, atol=1e-3)
@@ -284,8 +332,10 @@ def bench_solver(state_dict, label, batch, args, log) -> list:
         times = {"ours": [], "theirs": []}
         for r in range(args.repeats):
             for key, fn in (("ours", ours), ("theirs", theirs)) if r % 2 == 0 else (("theirs", theirs), ("ours", ours)):
+                synchronize(x.device)
                 start = time.perf_counter()
                 fn()
+                synchronize(x.device)
                 times[key].append(time.perf_counter() - start)
         med = {k: statistics.median(v) for k, v in times.items()}
         log(f"  [{label}] solver only, {name}: {med['ours']:.3f} / {med['theirs']:.3f} s")
@@ -302,6 +352,9 @@ def main():
     parser.add_argument("--no-solver", action="store_true", help="skip the solver-only comparison")
     parser.add_argument("--weights", choices=["fresh", "trained", "both"], default="both")
     parser.add_argument("--data-dir", default=str(ROOT / "data"), help="MNIST for the batch (random pixels without)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--train-iters", type=int, default=0,
+                        help="also train ours and the reference side by side from the fresh weights for N iterations")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; 1 is steadier on a loaded machine)")
     parser.add_argument("--out", default="results/bench_train.md", help="markdown output ('' to print only)")
@@ -324,17 +377,21 @@ def main():
         else:
             log(f"no {CHECKPOINT.relative_to(ROOT)}: trained weights skipped")
 
-    x, y, batch_kind = make_batch(args.data_dir, log)
-    train_rows, lever_rows, solver_rows = [], [], []
+    device = torch.device(args.device)
+    batches, batch_kind = make_batches(args.data_dir, max(1, args.train_iters), log)
+    batches = [(bx.to(device), by.to(device)) for bx, by in batches]
+    x, y = batches[0]
+    train_rows, lever_rows, solver_rows, run_rows = [], [], [], []
     for label, state_dict in weight_sets:
         rows, levers = bench_training(state_dict, label, (x, y), args, log)
         train_rows += rows
         lever_rows += levers
         if not args.no_solver:
             solver_rows += bench_solver(state_dict, label, (x, y), args, log)
+    if args.train_iters and weight_sets and weight_sets[0][0].startswith("fresh"):
+        run_rows = bench_run(weight_sets[0][1], batches, args, log)
 
-    cpu = device_name(torch.device("cpu"))
-    header = (f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, Python "
+    header = (f"{device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads, Python "
               f"{platform.python_version()}, commit {git_commit()}; median of {args.repeats} interleaved rounds "
               f"after one warm-up; one batch of {BATCH} {batch_kind}; load average before/after "
               f"{started_load} / {os.getloadavg()[0]:.2f}\n")
@@ -354,6 +411,12 @@ def main():
             + tabulate(solver_rows, headers=["weights", "adjoint error norm", "NFE fwd (ours / torchdiffeq)",
                                              "NFE bwd (ours / torchdiffeq)", "median s (ours / torchdiffeq)",
                                              "torchdiffeq / ours"], tablefmt="github"))
+    if run_rows:
+        sections.append(
+            f"## Training side by side: {args.train_iters} iterations from the fresh weights (SGD lr 0.05, momentum "
+            f"0.9, the same batches, interleaved)\n\n"
+            + tabulate(run_rows, headers=["variant", "settings", "total s", "median s / iter", "mean NFE fwd / bwd",
+                                          "loss (last 10%)", "reference total / this"], tablefmt="github"))
     text = header + "\n" + "\n\n".join(sections) + "\n"
     print(text)
     if args.out:
