@@ -110,7 +110,8 @@ class ConvODEFunc(nn.Module):
 
 
 BACKENDS = ("native", "torchdiffeq")
-# Methods both libraries implement (torchdiffeq has no tsit5).
+# Methods both libraries implement (torchdiffeq has no tsit5). Same names, same schemes, except
+# that torchdiffeq's "rk4" is Kutta's 3/8 rule, not the classical RK4 of noderun.ode.
 TORCHDIFFEQ_METHODS = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "euler", "fehlberg2", "midpoint", "rk4")
 
 
