@@ -12,6 +12,16 @@ from noderun.ode.solve import FlatState
 CL = torch.channels_last
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are small: a second thread buys nothing, and on a loaded 2-core machine
+    each of thousands of tiny parallel ops waits for a descheduled thread (10-50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ConvDynamics(nn.Module):
     def __init__(self):
         super().__init__()
