@@ -49,6 +49,10 @@ def validate_common(cfg: DictConfig) -> Task:
     for ok, key, value, accepted in checks:
         if not ok:
             raise ConfigError(f"{key}={value!r} is invalid; {accepted}")
+    if cfg.task == "classification":  # the ODE block of Table 1 is the one with a torchdiffeq backend
+        from noderun.models.odenet import check_backend
+
+        check_backend(solver.backend, solver.method)
     return TASKS[cfg.task]
 
 

@@ -77,3 +77,10 @@ def test_a_bad_override_gets_one_line_and_exit_2_before_any_job(tmp_path, args, 
     assert proc.stderr.strip().splitlines()[-1].startswith("noderun: error:")
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no results, no outputs/ or multirun/ folder
+
+
+def test_an_unknown_backend_is_refused_before_any_work(tmp_path):
+    proc = run_cli("train", "model=odenet", "profile=smoke", "solver.backend=jax", f"results_dir={tmp_path / 'r'}",
+                   f"data_dir={tmp_path / 'd'}")
+    assert proc.returncode == 2 and "solver.backend" in proc.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
