@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -41,3 +42,14 @@ def compose_config():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op CPU thread for the test, restored afterwards. Small tensors gain nothing from a
+    second thread, and on a loaded 2-core machine each tiny parallel op waits for a descheduled
+    thread (10-50x slower); it also keeps NFE comparisons across runs on one code path."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -119,15 +119,6 @@ def _sweep_cfg(compose_config, results_dir, data_dir, *overrides):
                            "dataset.reference_rtol=1e-7", "dataset.reference_atol=1e-7", *overrides])
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread for the test (NFE comparisons across runs), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_sweep_nfe_does_not_increase_as_tolerance_loosens(compose_config, small_checkpoint, mnist_dir, one_thread):
     rows = {}
     for rtol in ("1e-4", "1e-2", "1e0"):

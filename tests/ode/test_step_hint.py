@@ -10,14 +10,7 @@ from noderun.ode import odeint, odeint_adjoint, track_stats
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: a second thread buys nothing, and on a loaded 2-core machine
-    each of thousands of tiny parallel ops waits for a descheduled thread (10-50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see conftest)
 
 
 class Dynamics(nn.Module):
