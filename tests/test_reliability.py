@@ -49,6 +49,26 @@ def rows(results_dir) -> pd.DataFrame:
     return pd.read_csv(results_dir / "table1.csv")
 
 
+def train_with_signal_at_crop(call: int, signal_name: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`noderun train args` in a subprocess that sends itself `signal_name` at the `call`-th batch crop."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import noderun.tasks.classification as c
+        calls = 0
+        crop = c.random_crop
+        def crop_then_signal(*args, **kwargs):
+            global calls
+            calls += 1
+            if calls == {call}:
+                os.kill(os.getpid(), signal.{signal_name})
+            return crop(*args, **kwargs)
+        c.random_crop = crop_then_signal
+        from noderun.cli import main
+        main(["train", *sys.argv[1:]])
+    """)
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
 def reference(mnist_dir, tmp_path_factory):
     """An uninterrupted run, in a fresh process like the runs it is compared with: its results_dir."""
@@ -61,23 +81,8 @@ def reference(mnist_dir, tmp_path_factory):
 
 def test_sigkill_mid_epoch_then_rerun_is_bit_identical_with_one_row(mnist_dir, tmp_path, reference):
     # The child kills itself with SIGKILL in the middle of epoch 2 (the 6th batch of 4 per epoch).
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        import noderun.tasks.classification as c
-        calls = 0
-        crop = c.random_crop
-        def crop_then_die(*args, **kwargs):
-            global calls
-            calls += 1
-            if calls == 6:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return crop(*args, **kwargs)
-        c.random_crop = crop_then_die
-        from noderun.cli import main
-        main(["train", *sys.argv[1:]])
-    """)
     args = overrides(mnist_dir, tmp_path, "profile.progress=false")
-    killed = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    killed = train_with_signal_at_crop(6, "SIGKILL", args)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "table1.csv").exists()
     resumed = subprocess.run([sys.executable, "-m", "noderun", "train", *args], capture_output=True, text=True)
@@ -274,23 +279,8 @@ def test_iteration_tasks_resume_bit_identical_after_ctrl_c(compose_config, tmp_p
 
 
 def test_ctrl_c_on_the_cli_saves_and_exits_130_then_resumes(mnist_dir, tmp_path):
-    script = textwrap.dedent("""
-        import os, signal, sys
-        import noderun.tasks.classification as c
-        calls = 0
-        crop = c.random_crop
-        def crop_then_interrupt(*args, **kwargs):
-            global calls
-            calls += 1
-            if calls == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-            return crop(*args, **kwargs)
-        c.random_crop = crop_then_interrupt
-        from noderun.cli import main
-        main(["train", *sys.argv[1:]])
-    """)
     args = overrides(mnist_dir, tmp_path, "profile.progress=false", "profile.epochs=1")
-    interrupted = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    interrupted = train_with_signal_at_crop(2, "SIGINT", args)
     assert interrupted.returncode == 130, interrupted.stderr
     assert "interrupted at epoch 1, step 2" in interrupted.stdout and "rerun the same command" in interrupted.stdout
     assert "Traceback" not in interrupted.stderr and not (tmp_path / "table1.csv").exists()
