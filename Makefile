@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= quick
 SEEDS ?= 0
 
-.PHONY: install test test-all reproduce table1 depth figure3 table2 flows table plot bench data clean
+.PHONY: install test test-all reproduce table1 reference depth figure3 table2 flows table plot bench data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ reproduce: $(STAMP) data table1 depth figure3 table2 flows table plot
 
 table1: $(STAMP)
 	$(BIN)/noderun train -m model=mlp,resnet,rknet,odenet profile=$(PROFILE) seed=$(SEEDS)
+
+## Table 1's ODE-Net as the reference implementation (torchdiffeq, time as a concatenated channel):
+## rows in results/reference.csv, compared by `noderun table` with Table 1's ODE-Net; not part of reproduce.
+reference: $(STAMP)
+	$(BIN)/noderun train model=odenet model.time_channel=concat solver.backend=torchdiffeq experiment_name=reference profile=$(PROFILE) seed=$(SEEDS)
 
 depth: $(STAMP)
 	$(BIN)/noderun train -m experiment=depth_resnet profile=$(PROFILE) seed=$(SEEDS)

@@ -11,7 +11,7 @@ import pytest
 from noderun import results
 from noderun.results import COMMON_COLUMNS, append_row, read_results, render_all
 from noderun.tasks.classification import COLUMNS as TASK_COLUMNS
-from noderun.tasks.classification import render_depth, render_table1
+from noderun.tasks.classification import render_backends, render_depth, render_table1
 
 COLUMNS = COMMON_COLUMNS + list(TASK_COLUMNS)
 
@@ -93,6 +93,24 @@ def test_a_rerun_of_a_cell_replaces_it_in_the_mean(tmp_path):
     append_row(path, row(run_id="s1", seed=1, test_error=4.0, timestamp="2026-01-01T00:00:00+00:00"), COLUMNS)
     mlp_line = next(line for line in render_table1(read_results(tmp_path), "quick").splitlines() if "MLP" in line)
     assert "3.00 ± 1.41" in mlp_line and "| 2 " in mlp_line
+
+
+def test_reference_rows_are_compared_beside_table1_and_kept_out_of_it(tmp_path):
+    ours = '{"solver": {"backend": "native"}, "model": {"time_channel": "exact"}}'
+    reference = '{"solver": {"backend": "torchdiffeq"}, "model": {"time_channel": "concat"}}'
+    append_row(tmp_path / "table1.csv", row(run_id="o0", model="odenet", test_error=1.8, config=ours), COLUMNS)
+    append_row(tmp_path / "table1.csv", row(run_id="o1", model="odenet", seed=1, test_error=2.0, config=ours), COLUMNS)
+    append_row(tmp_path / "reference.csv", row(run_id="r0", experiment="reference", model="odenet", test_error=2.4,
+                                               config=reference), COLUMNS)
+    frame = read_results(tmp_path)
+    ode_line = next(line for line in render_table1(frame, "quick").splitlines() if "ODE-Net" in line)
+    assert "1.90 ± 0.14" in ode_line and "2.40" not in ode_line
+    lines = render_backends(frame, "quick").splitlines()
+    native = next(line for line in lines if line.startswith("| native"))
+    torchdiffeq = next(line for line in lines if line.startswith("| torchdiffeq"))
+    assert "exact" in native and "1.90 ± 0.14" in native and "0, 1" in native
+    assert "concat" in torchdiffeq and "2.40" in torchdiffeq
+    assert render_backends(frame[frame["experiment"] == "table1"], "quick").startswith("(no reference rows")
 
 
 def test_render_all_with_no_results_shows_every_row_as_not_run(tmp_path):

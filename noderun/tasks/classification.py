@@ -8,6 +8,7 @@ activation memory, time per iteration and function evaluations (NFE).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -444,12 +445,47 @@ def render_depth(frame: pd.DataFrame, profile: str) -> str:
     return table + "\n\n" + fit
 
 
+def _variant(config_json) -> tuple[str, str]:
+    """(solver backend, time channel) of a row's resolved config; defaults for rows that predate them."""
+    try:
+        config = json.loads(config_json)
+    except (TypeError, ValueError):
+        config = {}
+    return (config.get("solver", {}).get("backend", "native"), config.get("model", {}).get("time_channel", "exact"))
+
+
+def render_backends(frame: pd.DataFrame, profile: str) -> str:
+    """The ODE-Net of Table 1 beside the same training run on another solver backend or time channel.
+
+    The reference network as published is `experiment_name=reference model.time_channel=concat
+    solver.backend=torchdiffeq`; its rows live in reference.csv and never enter Table 1.
+    """
+    runs = frame[frame["experiment"].isin(["table1", "reference"]) & (frame["profile"] == profile)
+                 & (frame["model"] == "odenet")]
+    runs = latest_per_cell(runs)
+    runs = runs[runs["status"] == "ok"]
+    if runs.empty or not (runs["experiment"] == "reference").any():
+        return "(no reference rows: noderun train model=odenet model.time_channel=concat solver.backend=torchdiffeq experiment_name=reference)"
+    runs = runs.assign(variant=[_variant(c) for c in runs["config"]])
+    rows = []
+    for (backend, channel), part in sorted(runs.groupby("variant"), key=lambda item: item[0] != ("native", "exact")):
+        rows.append([backend, channel, mean_std(part["test_error"], 2),
+                     mean_std(part["nfe_forward"], 1) + " / " + mean_std(part["nfe_backward"], 1),
+                     mean_std(part["memory_mib"], 2), ", ".join(str(int(s)) for s in sorted(part["seed"]))])
+    note = ("Training time is compared in `make bench` (interleaved in one process); the s / iter of "
+            "separate runs depend on what else shared the machine.")
+    return markdown(rows, ["solver backend", "time channel", "Test error %", "NFE fwd / bwd", "Memory MiB",
+                           "seeds"]) + "\n\n" + note
+
 
 def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
     sections = [("Table 1 (MNIST)", render_table1(rows, profile))]
     depth = render_depth(rows, profile)
     if not depth.startswith("("):
         sections.append(("Memory and time against depth", depth))
+    backends = render_backends(rows, profile)
+    if not backends.startswith("("):
+        sections.append(("ODE-Net against the reference implementation", backends))
     return sections
 
 
