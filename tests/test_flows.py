@@ -190,6 +190,14 @@ def test_density_cnf_tolerance_defaults_by_profile_and_yields_to_the_command_lin
     assert (solver["rtol"], solver["atol"]) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("profile, expected", [("smoke", 1e-3), ("quick", 1e-4), ("paper", 1e-5)])
+def test_mle_cnf_tolerance_by_profile(compose_config, profile, expected):
+    from noderun.tasks.flows import _solver
+
+    solver = _solver(compose_config(["experiment=mle_cnf", f"profile={profile}"]))
+    assert (solver["rtol"], solver["atol"]) == pytest.approx((expected, expected))
+
+
 def test_a_rerun_replaces_the_earlier_row_and_a_failed_cell_says_failed():
     def row(model, width, loss, timestamp, status="ok", seed=0):
         return {"task": "flows", "status": status, "kind": "density", "model": model, "target": "u1",
