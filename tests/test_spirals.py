@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from noderun.data.spirals import generate_spirals, rmse
+from noderun.data.spirals import generate_spirals, rmse, trajectory_rmse
 from noderun.errors import ConfigError
 from noderun.models.latent_ode import LatentODE, RNNBaseline
 from noderun.results import COMMON_COLUMNS
@@ -74,6 +74,17 @@ def test_rmse_hand_computed():
         rmse(prediction, target[:, :1])
 
 
+def test_trajectory_rmse_hand_computed_and_its_median_resists_one_runaway():
+    prediction = torch.zeros(3, 2, 2)
+    target = torch.tensor([[[3.0, 4.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]], [[100.0, 0.0], [0.0, 0.0]]])
+    per = trajectory_rmse(prediction, target)
+    assert per.dtype == torch.float64 and per.tolist() == pytest.approx([2.5, 1.0, 50.0])
+    assert float(per.median()) == pytest.approx(2.5)  # the runaway third trajectory does not move it
+    assert rmse(prediction, target) == pytest.approx(math.sqrt((25 + 4 + 10000) / 12))
+    with pytest.raises(ValueError, match="shape"):
+        trajectory_rmse(prediction, target[:, :1])
+
+
 def test_models_are_batched_and_shaped():
     split = generate_spirals(**SMALL).train
     grid = split.times[: split.n_steps]
@@ -104,6 +115,8 @@ def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tm
     assert list(frame["model"]) == ["latent_ode", "rnn"] and (frame["status"] == "ok").all()
     assert (frame["task"] == "spirals").all() and (frame["n_obs"] == 30).all() and (frame["iterations"] == 3).all()
     assert (frame["test_rmse"] > 0).all() and (frame["params"] > 0).all() and (frame["time_per_iter_s"] > 0).all()
+    # Half the trajectories at most can have twice the mean squared error: median <= sqrt(2) * pooled RMSE.
+    assert (frame["test_rmse_median"] > 0).all() and (frame["test_rmse_median"] <= frame["test_rmse"] * 2**0.5).all()
     ode, rnn = frame.iloc[0], frame.iloc[1]
     assert ode["nfe_forward"] > 0 and ode["method"] == "dopri5" and rnn["nfe_forward"] == 0
     assert rows[0]["test_rmse"] == pytest.approx(ode["test_rmse"])

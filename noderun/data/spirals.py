@@ -148,3 +148,14 @@ def rmse(prediction: torch.Tensor, target: torch.Tensor) -> float:
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
     return float(torch.sqrt(torch.mean((prediction.double() - target.double()) ** 2)))
+
+
+def trajectory_rmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B] RMSE of each trajectory over its time points and coordinates (float64).
+
+    Its median describes the typical trajectory; `rmse` pools every point, so a few extrapolations
+    that run away can dominate it.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
+    return torch.sqrt(torch.mean((prediction.double() - target.double()) ** 2, dim=tuple(range(1, target.ndim))))
