@@ -212,13 +212,15 @@ def load_histories(results_dir: Path, experiment: str = "table1") -> dict[tuple[
     return found
 
 
-def _profile_rows(results_dir: Path, experiment: str) -> dict[str, pd.DataFrame]:
-    from noderun.results import read_results
+def _profile_rows(results_dir: Path, experiment: str, cell: list[str]) -> dict[str, pd.DataFrame]:
+    """The finished rows of one experiment per profile, the latest of each cell (a rerun replaces)."""
+    from noderun.results import latest_per_cell, read_results
 
     frame = read_results(results_dir)
     if frame.empty:
         return {}
-    rows = frame[(frame["experiment"] == experiment) & (frame["status"] == "ok")]
+    rows = latest_per_cell(frame[frame["experiment"] == experiment], cell)
+    rows = rows[rows["status"] == "ok"]
     return {str(profile): part for profile, part in rows.groupby("profile") if len(part)}
 
 
@@ -241,7 +243,9 @@ def classification_figures(results_dir: Path) -> list[Path]:
             written.append(plot_nfe_training(
                 history, out / f"figure3d_{profile}.png",
                 f"Figure 3 (d): forward NFE in training, ODE-Net (profile={profile}, seed {seed})"))
-    for profile, rows in sorted(_profile_rows(results_dir, "depth").items()):
+    from noderun.tasks.classification import CELL_KEY
+
+    for profile, rows in sorted(_profile_rows(results_dir, "depth", CELL_KEY).items()):
         written.append(plot_depth(rows, out / f"depth_{profile}.png",
                                   f"Memory and time against depth (profile={profile})"))
     return written
@@ -249,7 +253,9 @@ def classification_figures(results_dir: Path) -> list[Path]:
 
 def nfe_sweep_figures(results_dir: Path) -> list[Path]:
     """Figure 3 (a)-(c) per profile from figure3.csv."""
+    from noderun.tasks.nfe_sweep import CELL_KEY
+
     out = Path(results_dir) / "figures"
     return [plot_nfe_sweep(rows, out / f"figure3abc_{profile}.png",
                            f"Figure 3 (a)-(c): trained ODE-Net over tolerances (profile={profile})")
-            for profile, rows in sorted(_profile_rows(results_dir, "figure3").items())]
+            for profile, rows in sorted(_profile_rows(results_dir, "figure3", CELL_KEY).items())]

@@ -47,8 +47,9 @@ def _sweep_frame() -> pd.DataFrame:
 def _depth_frame() -> pd.DataFrame:
     rows = [{"model": "resnet", "n_blocks": n, "nfe_forward": 0, "memory_mib": 1.5 * n, "time_per_iter_s": 0.01 * n}
             for n in (1, 2, 4)]
-    rows += [{"model": m, "n_blocks": None, "nfe_forward": nfe, "memory_mib": (0.3 * nfe if m == "rknet" else 2.0),
-              "time_per_iter_s": 0.002 * nfe} for m in ("rknet", "odenet") for nfe in (14, 26, 38)]
+    rows += [{"model": m, "n_blocks": None, "rtol": rtol, "nfe_forward": nfe,
+              "memory_mib": (0.3 * nfe if m == "rknet" else 2.0), "time_per_iter_s": 0.002 * nfe}
+             for m in ("rknet", "odenet") for nfe, rtol in ((14, 1e-1), (26, 1e-2), (38, 1e-3))]
     return pd.DataFrame(rows)
 
 
@@ -93,6 +94,38 @@ def test_figure_hooks_find_their_data(tmp_path):
     assert names == {"training_smoke.png", "figure3d_smoke.png", "depth_smoke.png", "figure3abc_smoke.png"}
     assert all(_nonempty_png(tmp_path / "figures" / n) for n in names)
     assert classification_figures(tmp_path / "empty") == [] and nfe_sweep_figures(tmp_path / "empty") == []
+
+
+def test_a_rerun_of_the_sweep_or_the_depth_experiment_replaces_its_rows(tmp_path, monkeypatch):
+    from noderun import plots
+    from noderun.tasks.nfe_sweep import render_sweep
+
+    first, again = _sweep_frame(), _sweep_frame()
+    first["timestamp"], again["timestamp"] = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"
+    again["nfe_backward"] = 99.0
+    _write_rows(tmp_path, "figure3", pd.concat([first, again]), task="nfe_sweep")
+    depth_first, depth_again = _depth_frame(), _depth_frame()
+    depth_first["timestamp"], depth_again["timestamp"] = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"
+    depth_again["memory_mib"] = 7.0
+    _write_rows(tmp_path, "depth", pd.concat([depth_first, depth_again]))
+
+    table = render_sweep(read_results(tmp_path), "smoke")[0][1]
+    body = [line for line in table.splitlines() if line.startswith("| 1e")]
+    assert len(body) == 4 and all("| 99.0 " in line and line.rstrip("| ").endswith("1") for line in body)
+    plotted = {}
+
+    def recorder(name):
+        def record(rows, path, title):
+            plotted[name] = rows
+            return path
+        return record
+
+    monkeypatch.setattr(plots, "plot_nfe_sweep", recorder("sweep"))
+    monkeypatch.setattr(plots, "plot_depth", recorder("depth"))
+    nfe_sweep_figures(tmp_path)
+    classification_figures(tmp_path)
+    assert len(plotted["sweep"]) == len(first) and (plotted["sweep"]["nfe_backward"] == 99.0).all()
+    assert len(plotted["depth"]) == len(depth_first) and (plotted["depth"]["memory_mib"] == 7.0).all()
 
 
 # ------------------------------------------------------------------------ the sweep

@@ -39,7 +39,7 @@ from noderun.data.mnist import load_mnist
 from noderun.errors import ConfigError
 from noderun.models import build_model, ode_blocks
 from noderun.profiling import device_name, resolve_device, synchronize
-from noderun.results import markdown, mean_std
+from noderun.results import latest_per_cell, markdown, mean_std
 from noderun.tasks import Task
 
 COLUMNS = (
@@ -251,8 +251,13 @@ def _is_true(series: pd.Series) -> pd.Series:
     return series.astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
 
 
+# What makes two rows the same cell: a rerun replaces the earlier row, never counts as another seed.
+CELL_KEY = ["experiment", "model", "profile", "seed", "method", "rtol", "atol", "seminorm", "test_size", "batch_size"]
+
+
 def render_sweep(frame: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
     runs = frame[(frame["experiment"] == "figure3") & (frame["profile"] == profile) & (frame["status"] == "ok")]
+    runs = latest_per_cell(runs, CELL_KEY)
     sections = []
     for seminorm in (False, True):
         part = runs[_is_true(runs["seminorm"]) == seminorm]
