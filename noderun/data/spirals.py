@@ -143,11 +143,15 @@ def spirals_from_config(dataset) -> Spirals:
     )
 
 
-def rmse(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    """Root mean squared error over every trajectory, time point and coordinate."""
+def _squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
-    return float(torch.sqrt(torch.mean((prediction.double() - target.double()) ** 2)))
+    return (prediction.double() - target.double()) ** 2
+
+
+def rmse(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Root mean squared error over every trajectory, time point and coordinate."""
+    return float(torch.sqrt(torch.mean(_squared_error(prediction, target))))
 
 
 def trajectory_rmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -156,6 +160,5 @@ def trajectory_rmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
     Its median describes the typical trajectory; `rmse` pools every point, so a few extrapolations
     that run away can dominate it.
     """
-    if prediction.shape != target.shape:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
-    return torch.sqrt(torch.mean((prediction.double() - target.double()) ** 2, dim=tuple(range(1, target.ndim))))
+    squared = _squared_error(prediction, target)
+    return torch.sqrt(torch.mean(squared, dim=tuple(range(1, squared.ndim))))

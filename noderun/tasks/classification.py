@@ -465,7 +465,8 @@ def render_backends(frame: pd.DataFrame, profile: str) -> str:
     runs = latest_per_cell(runs)
     runs = runs[runs["status"] == "ok"]
     if runs.empty or not (runs["experiment"] == "reference").any():
-        return "(no reference rows: noderun train model=odenet model.time_channel=concat solver.backend=torchdiffeq experiment_name=reference)"
+        return ("(no reference rows: noderun train model=odenet model.time_channel=concat "
+                "solver.backend=torchdiffeq experiment_name=reference)")
     runs = runs.assign(variant=[_variant(c) for c in runs["config"]])
     rows = []
     for (backend, channel), part in sorted(runs.groupby("variant"), key=lambda item: item[0] != ("native", "exact")):

@@ -256,8 +256,8 @@ CELL_KEY = ["experiment", "model", "profile", "seed", "method", "rtol", "atol", 
 
 
 def render_sweep(frame: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
-    runs = frame[(frame["experiment"] == "figure3") & (frame["profile"] == profile) & (frame["status"] == "ok")]
-    runs = latest_per_cell(runs, CELL_KEY)
+    runs = latest_per_cell(frame[(frame["experiment"] == "figure3") & (frame["profile"] == profile)], CELL_KEY)
+    runs = runs[runs["status"] == "ok"]
     sections = []
     for seminorm in (False, True):
         part = runs[_is_true(runs["seminorm"]) == seminorm]
