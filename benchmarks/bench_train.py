@@ -267,6 +267,7 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 def bench_solver(state_dict, label, batch, args, log) -> list:
     import torchdiffeq
+    from bench_ode import Counted  # the call counter of the solver benchmark, in this folder
 
     stem, head = downsampling(64), classifier_head(64)
     stem.load_state_dict({k[2:]: v for k, v in state_dict.items() if k.startswith("0.")})
@@ -299,18 +300,6 @@ def bench_solver(state_dict, label, batch, args, log) -> list:
         ("each library's default (ours: RMS over [y, a, g])", None, None),
     ]
 
-    class Counter(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f, self.forward_calls, self.backward_calls, self.backward = func, 0, 0, False
-
-        def forward(self, tt, y):
-            if self.backward:
-                self.backward_calls += 1
-            else:
-                self.forward_calls += 1
-            return self.f(tt, y)
-
     rows = []
     for name, ours_norm, theirs_norm in norms:
         def ours():
@@ -322,9 +311,9 @@ def bench_solver(state_dict, label, batch, args, log) -> list:
 
         def theirs():
             func.zero_grad()
-            counter = Counter()
+            counter = Counted(func)
             y1 = torchdiffeq.odeint_adjoint(counter, h0, t, **kw, adjoint_options=theirs_norm, adjoint_params=params)[-1]
-            counter.backward = True
+            counter.in_backward = True
             (y1 * weight).sum().backward()
             return counter.forward_calls, counter.backward_calls
 
