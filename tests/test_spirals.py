@@ -92,7 +92,11 @@ def test_models_are_batched_and_shaped():
     loss = ode.loss(split.obs_values, split.obs_times, split.obs_index, grid)
     loss.backward()
     assert loss.ndim == 0 and math.isfinite(loss.item())
-    assert ode.predict(split.obs_values, split.obs_times, split.times).shape == (30, 200, 2)
+    prediction = ode.predict(split.obs_values, split.obs_times, split.obs_index, split.times)
+    assert prediction.shape == (30, 200, 2)
+    # the latent path starts at each trajectory's first observation: NaN before it, finite from it on
+    before = torch.arange(200)[None, :] < split.obs_index[:, :1]
+    assert torch.equal(prediction.isnan().any(dim=-1), before) and bool(before.any())
     rnn = RNNBaseline()
     loss = rnn.loss(split.obs_values, split.obs_times)
     loss.backward()
@@ -100,6 +104,44 @@ def test_models_are_batched_and_shaped():
     assert rnn.predict(split.obs_values, split.obs_times, split.extrapolation_times).shape == (30, 100, 2)
     # paper sizes: recognition 25, latent 4, dynamics 20, decoder 20; RNN 25
     assert ode.rec_cell.hidden_size == 25 and ode.latent_dim == 4 and rnn.cell.hidden_size == 25
+
+
+def test_latent_ode_reads_time_gaps_so_a_shifted_trajectory_gives_the_shifted_prediction():
+    torch.manual_seed(0)
+    split = generate_spirals(n_spirals=8, n_train=4, n_obs=30).train
+    values, index = split.obs_values, split.obs_index - split.obs_index[:, :1]  # first observation at 0
+    ode = LatentODE(rtol=1e-7, atol=1e-7)
+    mean, logvar = ode.encode(values, split.times[index])
+    shift = 37
+    shifted_mean, shifted_logvar = ode.encode(values, split.times[index + shift])
+    assert torch.allclose(mean, shifted_mean, atol=1e-5) and torch.allclose(logvar, shifted_logvar, atol=1e-5)
+    prediction = ode.predict(values, split.times[index], index, split.times)
+    shifted = ode.predict(values, split.times[index + shift], index + shift, split.times)
+    assert bool(shifted[:, :shift].isnan().all())
+    assert torch.allclose(shifted[:, shift:], prediction[:, : 200 - shift], atol=1e-5)
+
+
+def test_consistency_term_is_the_hand_computed_distance_between_path_and_suffix_encodings():
+    torch.manual_seed(0)
+    split = generate_spirals(n_spirals=8, n_train=4, n_obs=30).train
+    args = (split.obs_values, split.obs_times, split.obs_index, split.times[:100])
+    plain, weighted = LatentODE(consistency=0.0), LatentODE(consistency=2.5)
+    weighted.load_state_dict(plain.state_dict())
+    for model in (plain, weighted):
+        # f = 0 and a posterior std of e^-50: z(t_i) is the mean of q(z(t_1)) at every observation
+        torch.nn.init.zeros_(model.dynamics.net[-1].weight)
+        torch.nn.init.zeros_(model.dynamics.net[-1].bias)
+        with torch.no_grad():
+            model.rec_out.bias[model.latent_dim :] = -100.0
+            model.rec_out.weight[model.latent_dim :] = 0.0
+    with torch.no_grad():
+        mean, _ = plain.encode(split.obs_values, split.obs_times)
+    k = plain.consistency_count(30)
+    assert k == 15 and plain.consistency_count(3) == 2
+    expected = ((mean[:, 1:k] - mean[:, :1]) ** 2).sum(dim=(1, 2)).mean()
+    with torch.no_grad():
+        difference = weighted.loss(*args) - plain.loss(*args)
+    assert float(difference) == pytest.approx(2.5 * float(expected), rel=1e-4) and float(expected) > 0
 
 
 SMOKE = ["profile=smoke", "dataset.n_spirals=40", "dataset.n_train=30", "dataset.n_obs=30"]
@@ -134,6 +176,9 @@ def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tm
         (["experiment=rnn_spirals", "model.lr=0"], "model.lr"),
         (["experiment=rnn_spirals", "model.cell=lstm"], "valid cells"),
         (["experiment=latent_ode", "model=mlp"], "model.name"),
+        (["experiment=latent_ode", "model.consistency=-1"], "model.consistency"),
+        (["experiment=latent_ode", "model.consistency_fraction=1"], "model.consistency_fraction"),
+        (["experiment=latent_ode", "model.gap_scale=0"], "model.gap_scale"),
         (["experiment=latent_ode", "dataset=mnist"], "dataset.name"),
         (["experiment=latent_ode", "~model.iterations.smoke", "profile=smoke"], "profile"),
     ],

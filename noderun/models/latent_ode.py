@@ -4,10 +4,11 @@ Both models take a batch of trajectories with the same number n of observations 
 trajectory-specific times: values [B, n, 2], times [B, n] (sorted), and predict positions
 at later times. Batched throughout; the only Python loops are over time steps.
 
-LatentODE: a recognition RNN runs backwards in time over (x_i, t_i) and gives the mean and
-log-variance of q(z0) at t = 0; z0 is sampled with the reparameterisation trick, the latent
-ODE dz/dt = f(z) is solved with noderun.ode on the shared time grid, and a decoder maps
-z(t) to the mean of a Gaussian with fixed std. Loss: the negative ELBO (N(0, I) prior).
+LatentODE: a recognition RNN runs backwards in time over (x_i, gap to the next observation)
+and gives the mean and log-variance of q(z(t_1)) at the first observation; z(t_1) is sampled
+with the reparameterisation trick, the latent ODE dz/dt = f(z) is solved with noderun.ode on
+the regular time grid from there, and a decoder maps z(t) to the mean of a Gaussian with fixed
+std. Loss: the negative ELBO (N(0, I) prior) plus a suffix-consistency term (see the class).
 
 RNNBaseline: a recurrent cell reads (x_i, t_{i+1} - t_i) and predicts the mean and
 log-variance of x_{i+1}; trained on the Gaussian negative log-likelihood with teacher
@@ -51,51 +52,100 @@ class LatentDynamics(nn.Module):
 
 
 class LatentODE(nn.Module):
+    """Latent ODE whose latent trajectory starts at each trajectory's first observation.
+
+    The recognition network reads (x_i, gap to the next observation) backwards in time. It sees
+    time gaps, never absolute times, so its state after reading observations i..n-1 describes
+    the trajectory from t_i on, wherever t_i lies: its output after the whole sequence is
+    q(z(t_1)), and its output after each suffix is q(z(t_i) | x_i..x_n-1).
+
+    Loss: the negative ELBO (N(0, I) prior on z(t_1)) plus `consistency` times the suffix
+    consistency term sum_i |z(t_i) - mean_i|^2, over the suffixes i = 1..k-1 that hold more than
+    `1 - consistency_fraction` of the observations (k = max(2, floor(n * consistency_fraction))).
+    z(t_i) is the ODE path from the sampled z(t_1); mean_i is the mean of q(z(t_i) | x_i..).
+    The term asks the latent state at a given point of a spiral to be the same whether the
+    path reached it or a recognition pass started there. Without it the latent paths of
+    trajectories that start at different points of the spiral need not meet, and the dynamics
+    beyond the end of each training window (the extrapolation) are never trained. It is not in
+    Chen et al. (2018); consistency=0 gives their objective.
+    """
+
     def __init__(self, *, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, dyn_hidden: int = 20,
-                 dec_hidden: int = 20, cell: str = "gru", obs_std: float = 0.3, method: str = "dopri5",
+                 dec_hidden: int = 20, cell: str = "gru", obs_std: float = 0.3, gap_scale: float = 10.0,
+                 consistency: float = 3.0, consistency_fraction: float = 0.5, method: str = "dopri5",
                  rtol: float = 1e-3, atol: float = 1e-4, options: dict | None = None, adjoint: bool = False) -> None:
         super().__init__()
         self.latent_dim = latent_dim
+        self.gap_scale = gap_scale  # the time gap enters the recognition cell multiplied by this
         self.rec_cell = make_cell(cell, obs_dim + 1, rec_hidden)
         self.rec_out = nn.Linear(rec_hidden, 2 * latent_dim)
         self.dynamics = LatentDynamics(latent_dim, dyn_hidden)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))
         self.obs_logvar = 2 * math.log(obs_std)
+        self.consistency = consistency
+        self.consistency_fraction = consistency_fraction
         self.solver = dict(method=method, rtol=rtol, atol=atol, options=options or {})
         self.adjoint = adjoint
 
     def encode(self, values: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z0) from observations, read backwards in time: (mean, logvar), each [B, latent]."""
-        h = values.new_zeros(values.shape[0], self.rec_cell.hidden_size)
-        for i in reversed(range(values.shape[1])):
-            h = self.rec_cell(torch.cat([values[:, i], times[:, i : i + 1]], dim=1), h)
-        mean, logvar = self.rec_out(h).chunk(2, dim=1)
+        """q(z(t_i) | x_i..x_n-1) for every i: (mean, logvar), each [B, n, latent].
+
+        values [B, n, obs_dim], times [B, n] sorted. Index 0 is q(z(t_1)) from all observations.
+        """
+        batch, n, _ = values.shape
+        gaps = torch.cat([times[:, 1:] - times[:, :-1], times.new_zeros(batch, 1)], dim=1) * self.gap_scale
+        h = values.new_zeros(batch, self.rec_cell.hidden_size)
+        outputs = [None] * n
+        for i in reversed(range(n)):
+            h = self.rec_cell(torch.cat([values[:, i], gaps[:, i : i + 1]], dim=1), h)
+            outputs[i] = self.rec_out(h)
+        mean, logvar = torch.stack(outputs, dim=1).chunk(2, dim=2)
         return mean, logvar
 
-    def decode(self, z0: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """Decoded means [B, len(grid), obs_dim] of the latent trajectory from z0 at grid[0]."""
+    def latent_path(self, z_start: torch.Tensor, elapsed: torch.Tensor) -> torch.Tensor:
+        """ODE solution [B, len(elapsed), latent] from z_start [B, latent] at elapsed times [S] (from 0)."""
         solve = odeint_adjoint if self.adjoint else odeint
-        zs = solve(self.dynamics, z0, grid, **self.solver)  # [T, B, latent]
-        return self.decoder(zs).transpose(0, 1)
+        return solve(self.dynamics, z_start, elapsed, **self.solver).transpose(0, 1)
+
+    def consistency_count(self, n: int) -> int:
+        """k: suffixes 1..k-1 (those holding more than 1 - consistency_fraction of n) enter the term."""
+        return max(2, int(n * self.consistency_fraction))
 
     def loss(self, values, times, obs_index, grid) -> torch.Tensor:
-        """Negative ELBO per trajectory (mean over the batch).
+        """Negative ELBO plus the weighted suffix consistency, per trajectory (mean over the batch).
 
-        values [B, n, 2] observed at grid[obs_index] ([B, n] indices into grid); grid starts at 0.
+        values [B, n, obs_dim] observed at times grid[obs_index]; obs_index [B, n] sorted indices
+        into the regular time grid [T] (t_k = t_0 + k dt).
         """
         mean, logvar = self.encode(values, times)
-        z0 = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        decoded = self.decode(z0, grid)
-        at_obs = torch.gather(decoded, 1, obs_index.unsqueeze(-1).expand(-1, -1, decoded.shape[-1]))
-        nll = gaussian_nll(values, at_obs, torch.full_like(at_obs, self.obs_logvar)).sum(dim=(1, 2))
-        kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=1)
-        return (nll + kl).mean()
+        start_mean, start_logvar = mean[:, 0], logvar[:, 0]
+        z_start = start_mean + torch.randn_like(start_mean) * (0.5 * start_logvar).exp()
+        steps = obs_index - obs_index[:, :1]  # [B, n] grid steps since each trajectory's first observation
+        span = int(steps.max()) + 1
+        path = self.latent_path(z_start, grid[:span] - grid[0])
+        z_obs = torch.gather(path, 1, steps.unsqueeze(-1).expand(-1, -1, self.latent_dim))  # [B, n, latent]
+        decoded = self.decoder(z_obs)
+        nll = gaussian_nll(values, decoded, torch.full_like(decoded, self.obs_logvar)).sum(dim=(1, 2))
+        kl = 0.5 * (start_mean**2 + start_logvar.exp() - 1 - start_logvar).sum(dim=1)
+        loss = nll + kl
+        if self.consistency > 0:
+            k = self.consistency_count(values.shape[1])
+            loss = loss + self.consistency * ((z_obs[:, 1:k] - mean[:, 1:k]) ** 2).sum(dim=(1, 2))
+        return loss.mean()
 
     @torch.no_grad()
-    def predict(self, values, times, grid) -> torch.Tensor:
-        """Decoded trajectory [B, len(grid), 2] from the mean of q(z0)."""
+    def predict(self, values, times, obs_index, grid) -> torch.Tensor:
+        """Decoded means [B, T, obs_dim] on the grid [T] from the mean of q(z(t_1)).
+
+        The latent path starts at each trajectory's first observation: grid points before it are NaN.
+        """
         mean, _ = self.encode(values, times)
-        return self.decode(mean, grid)
+        first = obs_index[:, 0]  # [B]
+        path = self.latent_path(mean[:, 0], grid[: len(grid) - int(first.min())] - grid[0])
+        steps = torch.arange(len(grid), device=grid.device)[None, :] - first[:, None]  # [B, T]
+        z = torch.gather(path, 1, steps.clamp(min=0).unsqueeze(-1).expand(-1, -1, self.latent_dim))
+        decoded = self.decoder(z)
+        return decoded.masked_fill((steps < 0).unsqueeze(-1), float("nan"))
 
 
 class RNNBaseline(nn.Module):

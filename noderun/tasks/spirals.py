@@ -68,6 +68,9 @@ class LatentODEModelConfig:
     dec_hidden: int = 20
     cell: str = "gru"  # recognition cell: gru or rnn (tanh)
     obs_std: float = 0.3  # fixed std of the Gaussian likelihood p(x | z)
+    gap_scale: float = 10.0  # the time gap enters the recognition cell multiplied by this
+    consistency: float = 3.0  # weight of the suffix-consistency term (0: the paper's ELBO alone)
+    consistency_fraction: float = 0.5  # the term covers suffixes holding more than 1 - this of the observations
     adjoint: bool = False  # gradients through the solver (False) or the adjoint (True); solver.adjoint overrides
     lr: float = 0.01  # Adam, cosine-annealed to lr_min over the iterations
     lr_min: float = 0.0005
@@ -140,6 +143,11 @@ def validate_config(cfg: DictConfig) -> None:
         for key in ("latent_dim", "rec_hidden", "dyn_hidden", "dec_hidden"):
             require(model[key] >= 1, f"model.{key}", model[key], "it must be an integer >= 1")
         require(model.obs_std > 0, "model.obs_std", model.obs_std, "it must be > 0")
+        require(model.gap_scale > 0, "model.gap_scale", model.gap_scale, "it must be > 0")
+        require(math.isfinite(model.consistency) and model.consistency >= 0, "model.consistency",
+                model.consistency, "it must be a finite number >= 0 (0 turns the term off)")
+        require(0 < model.consistency_fraction < 1, "model.consistency_fraction", model.consistency_fraction,
+                "it must be in (0, 1)")
     else:
         require(model.hidden >= 1, "model.hidden", model.hidden, "it must be an integer >= 1")
         require(model.gap_scale > 0, "model.gap_scale", model.gap_scale, "it must be > 0")
@@ -189,16 +197,24 @@ def build(cfg: DictConfig):
         options["step_size"] = solver.step_size
     adjoint = m.adjoint if solver.adjoint is None else solver.adjoint
     return LatentODE(obs_dim=2, latent_dim=m.latent_dim, rec_hidden=m.rec_hidden, dyn_hidden=m.dyn_hidden,
-                     dec_hidden=m.dec_hidden, cell=m.cell, obs_std=m.obs_std, method=solver.method,
+                     dec_hidden=m.dec_hidden, cell=m.cell, obs_std=m.obs_std, gap_scale=m.gap_scale,
+                     consistency=m.consistency, consistency_fraction=m.consistency_fraction, method=solver.method,
                      rtol=solver.rtol, atol=solver.atol, options=options, adjoint=adjoint)
+
+
+def _is_latent_ode(model) -> bool:
+    from noderun.models.latent_ode import LatentODE
+
+    return isinstance(model, LatentODE)
 
 
 def extrapolate(model, split) -> torch.Tensor:
     """Predicted positions [B, n_extrapolate, 2] on the extrapolation window."""
     model.eval()
     with torch.no_grad():
-        if hasattr(model, "decode"):
-            prediction = model.predict(split.obs_values, split.obs_times, split.times)[:, split.n_steps :]
+        if _is_latent_ode(model):
+            prediction = model.predict(split.obs_values, split.obs_times, split.obs_index, split.times)
+            prediction = prediction[:, split.n_steps :]
         else:
             prediction = model.predict(split.obs_values, split.obs_times, split.extrapolation_times)
     model.train()
@@ -206,7 +222,7 @@ def extrapolate(model, split) -> torch.Tensor:
 
 
 def _batch_loss(model, split, grid):
-    if hasattr(model, "decode"):
+    if _is_latent_ode(model):
         return model.loss(split.obs_values, split.obs_times, split.obs_index, grid)
     return model.loss(split.obs_values, split.obs_times)
 
@@ -220,8 +236,9 @@ def save_predictions(cfg: DictConfig, model, test) -> Path:
     part = test.subset(slice(0, N_FIGURE))
     model.eval()
     with torch.no_grad():
-        if hasattr(model, "decode"):  # reconstruction and extrapolation on the whole grid
-            pred_times, pred = part.times, model.predict(part.obs_values, part.obs_times, part.times)
+        if _is_latent_ode(model):  # reconstruction from the first observation on, then extrapolation
+            pred_times = part.times
+            pred = model.predict(part.obs_values, part.obs_times, part.obs_index, part.times)
         else:
             pred_times = part.extrapolation_times
             pred = model.predict(part.obs_values, part.obs_times, pred_times)
