@@ -72,7 +72,7 @@ class LatentODE(nn.Module):
 
     def __init__(self, *, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, dyn_hidden: int = 20,
                  dec_hidden: int = 20, cell: str = "gru", obs_std: float = 0.3, gap_scale: float = 10.0,
-                 consistency: float = 3.0, consistency_fraction: float = 0.5, method: str = "dopri5",
+                 consistency: float = 10.0, consistency_fraction: float = 0.5, method: str = "dopri5",
                  rtol: float = 1e-3, atol: float = 1e-4, options: dict | None = None, adjoint: bool = False) -> None:
         super().__init__()
         self.latent_dim = latent_dim

@@ -69,7 +69,7 @@ class LatentODEModelConfig:
     cell: str = "gru"  # recognition cell: gru or rnn (tanh)
     obs_std: float = 0.3  # fixed std of the Gaussian likelihood p(x | z)
     gap_scale: float = 10.0  # the time gap enters the recognition cell multiplied by this
-    consistency: float = 3.0  # weight of the suffix-consistency term (0: the paper's ELBO alone)
+    consistency: float = 10.0  # weight of the suffix-consistency term (0: the paper's ELBO alone)
     consistency_fraction: float = 0.5  # the term covers suffixes holding more than 1 - this of the observations
     adjoint: bool = False  # gradients through the solver (False) or the adjoint (True); solver.adjoint overrides
     lr: float = 0.01  # Adam, cosine-annealed to lr_min over the iterations
