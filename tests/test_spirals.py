@@ -179,6 +179,7 @@ def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tm
         (["experiment=latent_ode", "model.consistency=-1"], "model.consistency"),
         (["experiment=latent_ode", "model.consistency_fraction=1"], "model.consistency_fraction"),
         (["experiment=latent_ode", "model.gap_scale=0"], "model.gap_scale"),
+        (["experiment=rnn_spirals", "model.gap_scale=0"], "model.gap_scale"),
         (["experiment=latent_ode", "dataset=mnist"], "dataset.name"),
         (["experiment=latent_ode", "~model.iterations.smoke", "profile=smoke"], "profile"),
     ],

@@ -64,10 +64,11 @@ class LatentODE(nn.Module):
     `1 - consistency_fraction` of the observations (k = max(2, floor(n * consistency_fraction))).
     z(t_i) is the ODE path from the sampled z(t_1); mean_i is the mean of q(z(t_i) | x_i..).
     The term asks the latent state at a given point of a spiral to be the same whether the
-    path reached it or a recognition pass started there. Without it the latent paths of
-    trajectories that start at different points of the spiral need not meet, and the dynamics
-    beyond the end of each training window (the extrapolation) are never trained. It is not in
-    Chen et al. (2018); consistency=0 gives their objective.
+    path reached it or a recognition pass started there. Without it nothing makes the latent paths
+    of trajectories that start at different points of the spiral meet, so the dynamics beyond the
+    end of each training window, which extrapolation uses, can go untrained (the README shows the
+    runaway extrapolations this caused). It is not in Chen et al. (2018); consistency=0 gives
+    their objective.
     """
 
     def __init__(self, *, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, dyn_hidden: int = 20,

@@ -139,18 +139,17 @@ def validate_config(cfg: DictConfig) -> None:
     require(model.threads is None or model.threads >= 1, "model.threads", model.threads,
             "it must be null (torch's default) or an integer >= 1")
     require(model.cell in CELLS, "model.cell", model.cell, f"valid cells: {list(CELLS)}")
+    require(model.gap_scale > 0, "model.gap_scale", model.gap_scale, "it must be > 0")
     if model.name == "latent_ode":
         for key in ("latent_dim", "rec_hidden", "dyn_hidden", "dec_hidden"):
             require(model[key] >= 1, f"model.{key}", model[key], "it must be an integer >= 1")
         require(model.obs_std > 0, "model.obs_std", model.obs_std, "it must be > 0")
-        require(model.gap_scale > 0, "model.gap_scale", model.gap_scale, "it must be > 0")
         require(math.isfinite(model.consistency) and model.consistency >= 0, "model.consistency",
                 model.consistency, "it must be a finite number >= 0 (0 turns the term off)")
         require(0 < model.consistency_fraction < 1, "model.consistency_fraction", model.consistency_fraction,
                 "it must be in (0, 1)")
     else:
         require(model.hidden >= 1, "model.hidden", model.hidden, "it must be an integer >= 1")
-        require(model.gap_scale > 0, "model.gap_scale", model.gap_scale, "it must be > 0")
     require(data.n_spirals >= 2 and data.n_spirals % 2 == 0, "dataset.n_spirals", data.n_spirals,
             "it must be an even integer >= 2 (half clockwise, half counter-clockwise)")
     require(1 <= data.n_train < data.n_spirals, "dataset.n_train", data.n_train,
