@@ -108,6 +108,10 @@ class LatentODE(nn.Module):
         solve = odeint_adjoint if self.adjoint else odeint
         return solve(self.dynamics, z_start, elapsed, **self.solver).transpose(0, 1)
 
+    def _at_steps(self, path: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """path [B, S, latent] at per-trajectory step indices steps [B, m]: [B, m, latent]."""
+        return torch.gather(path, 1, steps.unsqueeze(-1).expand(-1, -1, self.latent_dim))
+
     def consistency_count(self, n: int) -> int:
         """k: suffixes 1..k-1 (those holding more than 1 - consistency_fraction of n) enter the term."""
         return max(2, int(n * self.consistency_fraction))
@@ -124,7 +128,7 @@ class LatentODE(nn.Module):
         steps = obs_index - obs_index[:, :1]  # [B, n] grid steps since each trajectory's first observation
         span = int(steps.max()) + 1
         path = self.latent_path(z_start, grid[:span] - grid[0])
-        z_obs = torch.gather(path, 1, steps.unsqueeze(-1).expand(-1, -1, self.latent_dim))  # [B, n, latent]
+        z_obs = self._at_steps(path, steps)  # [B, n, latent]
         decoded = self.decoder(z_obs)
         nll = gaussian_nll(values, decoded, torch.full_like(decoded, self.obs_logvar)).sum(dim=(1, 2))
         kl = 0.5 * (start_mean**2 + start_logvar.exp() - 1 - start_logvar).sum(dim=1)
@@ -144,8 +148,7 @@ class LatentODE(nn.Module):
         first = obs_index[:, 0]  # [B]
         path = self.latent_path(mean[:, 0], grid[: len(grid) - int(first.min())] - grid[0])
         steps = torch.arange(len(grid), device=grid.device)[None, :] - first[:, None]  # [B, T]
-        z = torch.gather(path, 1, steps.clamp(min=0).unsqueeze(-1).expand(-1, -1, self.latent_dim))
-        decoded = self.decoder(z)
+        decoded = self.decoder(self._at_steps(path, steps.clamp(min=0)))
         return decoded.masked_fill((steps < 0).unsqueeze(-1), float("nan"))
 
 
