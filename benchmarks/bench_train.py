@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from noderun.config import CONF_DIR, register_configs  # noqa: E402
 from noderun.models import build_model, ode_blocks  # noqa: E402
+from noderun.models.solver import SolverSpec  # noqa: E402
 from noderun.models.blocks import classifier_head, downsampling  # noqa: E402
 from noderun.models.odenet import ConvODEFunc  # noqa: E402
 from noderun.ode import adjoint as native_adjoint  # noqa: E402
@@ -107,7 +108,8 @@ class Variant:
 
     def build(self, state_dict, device):
         self.cfg = compose(self.overrides)
-        self.model = build_model(self.cfg.model, self.cfg.solver).to(device)
+        solver = SolverSpec.from_config(self.cfg.solver, default_adjoint=self.cfg.model.adjoint)
+        self.model = build_model(self.cfg.model, solver).to(device)
         self.model.load_state_dict(state_dict)
         if self.compile:
             block = ode_blocks(self.model)[0]
@@ -357,7 +359,7 @@ def main():
     torch.manual_seed(0)
     weight_sets = []
     if args.weights in ("fresh", "both"):
-        fresh = build_model(compose([]).model, compose([]).solver)
+        fresh = build_model(compose([]).model, SolverSpec())
         weight_sets.append(("fresh (seed 0)", {k: v.clone() for k, v in fresh.state_dict().items()}))
     if args.weights in ("trained", "both"):
         if CHECKPOINT.is_file():

@@ -5,8 +5,10 @@ Every run of `noderun train` owns one directory,
     <results_dir>/runs/<experiment>/<model>-<profile>-seed<seed>-<key>/
 
 where ``key`` hashes the resolved config (less the keys that cannot change a result:
-paths, the progress bar, resume/force). Re-running the same command therefore finds
-the same directory. It holds:
+paths, the progress bar, the checkpoint interval, resume/force) and the type of the device
+the run resolves to (a CPU and a CUDA run of one command keep separate checkpoints: their
+random generator states do not transfer). Re-running the same command therefore finds the
+same directory. It holds:
 
 - ``run.json``: the run id (kept across resumes, so a resumed run writes its result row
   under the id it started with) and the git commit it started from;
@@ -18,8 +20,10 @@ the same directory. It holds:
 - ``finished.json``: the result row, once it has been written to the result CSV. A
   rerun of a finished run is skipped (``force=true`` runs it again).
 
-Ctrl-C during training asks the task to stop at the next step boundary; the task saves
-a checkpoint there and raises :class:`RunInterrupted`. A second Ctrl-C stops at once.
+The runner (noderun.runner) writes a checkpoint at the end of every epoch, every
+``checkpoint_every_s`` seconds at a step boundary, and when Ctrl-C asks it to stop: it
+stops at the next step boundary, saves, and raises :class:`RunInterrupted`. A second
+Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 # Config keys that do not change what a run computes: left out of the run's identity.
-NON_IDENTITY_KEYS = ("results_dir", "data_dir", "resume", "force")
+NON_IDENTITY_KEYS = ("results_dir", "data_dir", "resume", "force", "checkpoint_every_s")
 NON_IDENTITY_PROFILE_KEYS = ("progress",)
 
 
@@ -53,8 +57,11 @@ class RunInterrupted(Exception):
 
 
 def run_identity(cfg: DictConfig) -> dict:
-    """The resolved config less the keys that cannot change a result."""
+    """The resolved config less the keys that cannot change a result, with the resolved device type."""
+    from noderun.profiling import resolve_device
+
     identity = OmegaConf.to_container(cfg, resolve=True)
+    identity["device_type"] = resolve_device(cfg.device).type
     for key in NON_IDENTITY_KEYS:
         identity.pop(key, None)
     for key in NON_IDENTITY_PROFILE_KEYS:
@@ -143,12 +150,25 @@ def rng_states(*generators: torch.Generator) -> dict:
     }
 
 
-def restore_rng_states(states: dict, *generators: torch.Generator) -> None:
+def restore_rng_states(states: dict, *generators: torch.Generator, path: Path | str = "the checkpoint") -> None:
+    """Restore what rng_states saved. CUDA states are restored for the devices present (a job
+    requeued with fewer GPUs uses the first ones); a generator state saved on another kind of
+    device raises CheckpointError in one line."""
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    for generator, state in zip(generators, states["generators"], strict=True):
-        generator.set_state(state)
+        for index, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
+    if len(states["generators"]) != len(generators):
+        raise CheckpointError(f"{path} holds {len(states['generators'])} random generators, this run has "
+                              f"{len(generators)}; rerun with resume=false to start over")
+    for generator, state in zip(generators, states["generators"]):
+        try:
+            generator.set_state(state)
+        except RuntimeError:
+            raise CheckpointError(
+                f"{path} holds random generator states of another device type than this run's "
+                f"({generator.device.type}); run on the device it was saved on, or rerun with resume=false"
+            ) from None
 
 
 # ---------------------------------------------------------------- run directory
@@ -249,19 +269,3 @@ class RunDirectory:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-class NoRunDirectory(RunDirectory):
-    """For calling a task directly (tests, notebooks): no files, nothing resumed."""
-
-    def __init__(self):  # noqa: super().__init__ would create the folder
-        self.stop_requested = False
-
-    def load(self) -> dict | None:
-        return None
-
-    def save(self, state: dict) -> None:
-        pass
-
-    def tee(self, log):
-        return log

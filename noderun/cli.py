@@ -1,8 +1,11 @@
 """Console entry point: `noderun train|table|data [Hydra overrides]`.
 
 Each subcommand is a thin `@hydra.main` wrapper around a plain function
-(`noderun.train.train`, `noderun.results.render_all`, `noderun.data.mnist.ensure_mnist`),
-so the tests call the functions and the CLI only composes configs and reports errors.
+(`noderun.runner.train`, `noderun.report.render_all` and `write_figures`,
+`noderun.data.mnist.ensure_mnist`), so the tests call the functions and the CLI only
+composes configs and reports errors. One line and a non-zero exit for a user's error
+(a config value, a missing file) or a run failure the run has recorded as a failed row;
+any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def train_command(cfg: DictConfig) -> None:
     from tqdm import tqdm
 
     from noderun.checkpoint import RunInterrupted
-    from noderun.train import train
+    from noderun.runner import RunFailed, train
 
     try:
         train(cfg, log=tqdm.write)  # tqdm.write: lines print above the progress bar, not through it
@@ -56,7 +59,7 @@ def train_command(cfg: DictConfig) -> None:
         _fail(error)
     except RunInterrupted:
         sys.exit(130)  # Ctrl-C: the checkpoint is saved and the run said how to resume
-    except (FloatingPointError, RuntimeError) as error:
+    except RunFailed as error:
         # Solver failures (step underflow, max_num_steps), divergence, out of memory: one line.
         # The run has recorded a failed row and kept its checkpoint and log.
         _fail(error, code=1)
@@ -64,7 +67,8 @@ def train_command(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="table")
 def table_command(cfg: DictConfig) -> None:
-    from noderun.results import read_results, render_all
+    from noderun.report import render_all
+    from noderun.results import read_results
 
     frame = read_results(cfg.results_dir)
     text = render_all(frame, cfg.profile)
@@ -90,15 +94,9 @@ def data_command(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="table")
 def plot_command(cfg: DictConfig) -> None:
-    import matplotlib
+    from noderun.report import write_figures
 
-    matplotlib.use("Agg")  # files only, no display
-    from noderun.tasks import TASKS
-
-    written = []
-    for task in TASKS.values():
-        if task.figures is not None:
-            written += task.figures(Path(cfg.results_dir))
+    written = write_figures(cfg.results_dir)
     for path in written:
         print(f"[noderun] wrote {path}")
     if not written:
@@ -175,14 +173,16 @@ COMMANDS = {"train": train_command, "table": table_command, "data": data_command
 
 
 def _default_profile(overrides: list[str]) -> list[str]:
-    """Add profile=paper on CUDA, profile=quick otherwise, unless the user chose one."""
+    """Add profile=paper when the run resolves to CUDA, profile=quick otherwise, unless the user chose one."""
     if any(arg.lstrip("+~").startswith("profile=") for arg in overrides):
         return overrides
     import torch
 
-    profile = "paper" if torch.cuda.is_available() else "quick"
+    device = next((arg.split("=", 1)[1] for arg in overrides if arg.lstrip("+~").startswith("device=")), "auto")
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    profile = "paper" if on_cuda else "quick"
     print(f"[noderun] no profile given: using profile={profile} "
-          f"({'CUDA available' if profile == 'paper' else 'no CUDA'})", file=sys.stderr)
+          f"({'the run is on CUDA' if on_cuda else 'the run is on the CPU'})", file=sys.stderr)
     return overrides + [f"profile={profile}"]
 
 

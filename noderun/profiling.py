@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +16,10 @@ class SavedTensorMeter:
     The quantity the paper's O(L) / O(L~) / O(1) memory claim is about. Each distinct
     storage is counted once (a tensor saved by two operations is one allocation), so
     the number is the activation memory held between the forward and the backward pass.
-    Works identically on every device (it reads tensor sizes, not an allocator).
+    Storages are told apart by identity, and the meter holds each one until it closes, so
+    a storage freed during the pass (a rejected solver step) cannot hand its address to
+    another one that would then go uncounted: the count is the same on every device,
+    whatever its allocator reuses.
 
         meter = SavedTensorMeter()
         with meter:
@@ -27,14 +29,14 @@ class SavedTensorMeter:
 
     def __init__(self) -> None:
         self.bytes = 0
-        self._storages: set[tuple[str, int]] = set()
+        self._storages: dict[int, torch.UntypedStorage] = {}  # key -> the storage, held alive
         self._context = None
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        key = (str(tensor.device), storage.data_ptr())
+        key = storage._cdata  # the storage object itself; unique while it is alive, and it is held
         if key not in self._storages:
-            self._storages.add(key)
+            self._storages[key] = storage
             self.bytes += storage.nbytes()
         return tensor
 
@@ -45,6 +47,7 @@ class SavedTensorMeter:
 
     def __exit__(self, *exc) -> None:
         self._context.__exit__(*exc)
+        self._storages.clear()
 
     @property
     def mib(self) -> float:
@@ -54,16 +57,6 @@ class SavedTensorMeter:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@contextmanager
-def timed(device: torch.device, record: list[float]):
-    """Append the wall time of the block (seconds, device work included) to `record`."""
-    synchronize(device)
-    start = time.perf_counter()
-    yield
-    synchronize(device)
-    record.append(time.perf_counter() - start)
 
 
 def device_name(device: torch.device) -> str:
@@ -107,6 +100,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"use cuda:0 ... cuda:{torch.cuda.device_count() - 1}, cuda or auto")
     return device
 
 

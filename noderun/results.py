@@ -1,15 +1,15 @@
-"""Result CSVs in, the paper's tables out.
+"""Result CSVs: the common columns, writing rows, reading them back (noderun.report renders them).
 
 Writing: every run appends exactly one row to ``<results_dir>/<experiment>.csv``. The
 append takes an exclusive ``fcntl`` lock on the file, writes the header if the file is
 empty, writes the whole row with a single ``write`` call and fsyncs, so processes of a
-parallel multirun never interleave or tear rows. A file's columns are ``COMMON_COLUMNS``
-followed by its task's own columns (``noderun.tasks``); a file with another header is
-never appended to (the run says so and stops).
+parallel multirun never interleave or tear rows. A file's columns are ``COMMON_COLUMNS`` (the
+fields of ``RunRecord``) followed by its task's own columns (``Task.columns``); a file with
+another header is never appended to (the run says so and stops).
 
 Reading: ``read_results`` loads every CSV under a folder with pandas, skipping (with a
-warning naming file and line) rows that do not parse. ``render_all`` asks each task to
-render its tables (aggregated over seeds, markdown via tabulate) for each profile.
+warning naming file and line) rows that do not parse. This module imports neither the
+tasks nor any plotting code.
 """
 
 from __future__ import annotations
@@ -17,47 +17,57 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
-import math
 import os
 import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
-# Columns every result file starts with, whatever the task.
-COMMON_COLUMNS = [
-    "run_id",  # unique id of the run (timestamp + random suffix)
-    "timestamp",  # ISO 8601 UTC time the row was written
-    "experiment",  # the CSV's name: table1, depth, ...
-    "task",  # classification, ... (noderun.tasks)
-    "status",  # ok, or failed: <reason>
-    "model",
-    "dataset",
-    "profile",
-    "seed",
-    "epochs",
-    "params",  # trainable parameters
-    "method",  # ODE solver method; empty for models without an ODE block
-    "rtol",
-    "atol",
-    "adjoint",  # True: adjoint gradients; False: backprop through the solver
-    "nfe_forward",  # function evaluations per training iteration, forward pass, mean over the last epoch
-    "nfe_backward",  # ... backward pass (adjoint solve); 0 when gradients are backpropagated
-    "memory_mib",  # bytes saved for backward in one training step (saved_tensors_hooks), MiB
-    "cuda_peak_mib",  # torch.cuda.max_memory_allocated over that step, MiB; empty on CPU
-    "time_per_iter_s",  # median seconds per training iteration (forward, backward, update)
-    "train_time_s",  # seconds of all training
-    "device",  # cpu, cuda
-    "device_name",  # CPU model or GPU name
-    "torch_version",
-    "git_commit",
-    "config",  # the resolved config, JSON
-]
+@dataclass
+class RunRecord:
+    """The columns every result row starts with, whatever the task, each with one definition.
 
-NUMERIC_COMMON = ["seed", "epochs", "params", "rtol", "atol", "nfe_forward", "nfe_backward", "memory_mib",
-                  "cuda_peak_mib", "time_per_iter_s", "train_time_s"]
+    noderun.runner fills them the same way for every task; the task's `describe` fills the ones
+    that name its cell (model, dataset, epochs and, where an ODE is solved, the solver's).
+    """
+
+    run_id: str = ""  # unique id of the run (timestamp + random suffix), kept across resumes
+    timestamp: str = ""  # ISO 8601 UTC time the row was written
+    experiment: str = ""  # the CSV's name: table1, depth, ...
+    task: str = ""  # classification, figure3, spirals, flows (noderun.tasks)
+    status: str = ""  # ok, or failed: <reason>
+    model: Optional[str] = None
+    dataset: Optional[str] = None
+    profile: str = ""
+    seed: int = 0
+    epochs: Optional[int] = None  # training epochs; empty for tasks that count iterations
+    params: Optional[int] = None  # trainable parameters
+    method: Optional[str] = None  # ODE solver method; empty for models without an ODE
+    rtol: Optional[float] = None
+    atol: Optional[float] = None
+    adjoint: Optional[bool] = None  # True: adjoint gradients; False: backprop through the solver
+    # Function evaluations of the ODE per training iteration, forward pass, mean over the last 10 % of
+    # training iterations (at least one): the trained model's count, which grows during training.
+    # 0 for models without an ODE. An evaluation-only task (figure3): mean per evaluated batch.
+    nfe_forward: Optional[float] = None
+    nfe_backward: Optional[float] = None  # ... backward pass (adjoint solve); 0 when gradients are backpropagated
+    memory_mib: Optional[float] = None  # bytes saved for backward in the first training step (saved_tensors_hooks), MiB
+    cuda_peak_mib: Optional[float] = None  # torch.cuda.max_memory_allocated over that step, MiB; empty on CPU
+    # median seconds of a training iteration (forward, backward, update; device synchronised),
+    # over every iteration but the first, which also pays for one-time set-up
+    time_per_iter_s: Optional[float] = None
+    train_time_s: Optional[float] = None  # seconds of all training steps (evaluation and checkpoints not included)
+    device: str = ""  # cpu, cuda
+    device_name: str = ""  # CPU model (with torch's threads) or GPU name
+    torch_version: str = ""
+    git_commit: str = ""  # the commit the run started from; +dirty with local changes
+    config: str = ""  # the resolved config, JSON
+
+
+COMMON_COLUMNS = [f.name for f in fields(RunRecord)]
+NUMERIC_COMMON = [f.name for f in fields(RunRecord) if f.type in ("int", "float", "Optional[int]", "Optional[float]")]
 
 
 class ResultsError(RuntimeError):
@@ -142,7 +152,7 @@ def read_csv_checked(path: Path) -> pd.DataFrame:
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        if header not in [COMMON_COLUMNS + list(task.columns) for task in _tasks().values()]:
+        if header is None or header[: len(COMMON_COLUMNS)] != COMMON_COLUMNS:
             warnings.warn(f"{path}: not a noderun result file (unexpected header); skipped")
             return pd.DataFrame(columns=COMMON_COLUMNS)
         good = []
@@ -155,81 +165,23 @@ def read_csv_checked(path: Path) -> pd.DataFrame:
     return pd.DataFrame(good, columns=header, dtype=str)
 
 
-def _tasks() -> dict:
-    from noderun.tasks import TASKS  # tasks import this module: resolve the registry lazily
-
-    return TASKS
-
-
 def read_results(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """All rows of all result CSVs under results_dir, numeric columns converted."""
+    """All rows of all result CSVs under results_dir, numeric columns converted.
+
+    Numeric: the numeric common columns, and every other column whose values all read as numbers
+    (a task's own columns; text columns such as `config` or `reference` stay text)."""
     folder = Path(results_dir)
     frames = [read_csv_checked(p) for p in sorted(folder.glob("*.csv"))] if folder.exists() else []
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=COMMON_COLUMNS)
     frame = pd.concat(frames, ignore_index=True)
-    numeric = NUMERIC_COMMON + [c for task in _tasks().values() for c in task.numeric_columns]
-    for column in numeric:
-        if column in frame:
+    for column in frame.columns:
+        if column in NUMERIC_COMMON:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        elif column not in COMMON_COLUMNS:
+            text = frame[column].replace("", None)
+            converted = pd.to_numeric(text, errors="coerce")
+            if converted.notna().sum() == text.notna().sum():
+                frame[column] = converted
     return frame
-
-
-# ------------------------------------------------------------------------- rendering
-
-
-def latest_per_cell(frame: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
-    """The most recent row (by timestamp) of every cell: a rerun of a cell, with the same or other
-    settings, replaces the earlier row in the tables and is never counted twice in a mean.
-
-    cell: the columns naming a table cell and a seed (e.g. model, target, width, seed, profile).
-    """
-    ordered = frame.sort_values("timestamp", kind="stable") if "timestamp" in frame else frame
-    return ordered.drop_duplicates(subset=[c for c in cell if c in ordered], keep="last")
-
-
-def mean_std(values: pd.Series, digits: int) -> str:
-    """'m ± s' over seeds (sample std), the single value for one seed, '-' for none."""
-    values = values.dropna()
-    if values.empty:
-        return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
-def fit_slope(x: pd.Series, y: pd.Series) -> float:
-    """Least-squares slope of y against x; NaN with fewer than two distinct x."""
-    mask = x.notna() & y.notna()
-    if mask.sum() < 2 or x[mask].nunique() < 2:
-        return math.nan
-    slope, _ = np.polyfit(x[mask].astype(float), y[mask].astype(float), 1)
-    return float(slope)
-
-
-def markdown(rows: list[list], headers: list[str]) -> str:
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-
-
-def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:
-    """Every task's tables, one section per profile present (or only `profile`).
-
-    With no results at all, Table 1 is shown with every row 'not run'.
-    """
-    tasks = _tasks()
-    profiles = [profile] if profile else sorted(p for p in frame["profile"].dropna().unique() if p)
-    if frame.empty or not profiles:
-        title, text = tasks["classification"].render(frame, profile or "quick")[0]
-        return f"No results yet: run `noderun train` or `make reproduce`.\n\n## {title}\n\n{text}\n"
-    sections = []
-    for name in profiles:
-        rows = frame[frame["profile"] == name]
-        machines = ", ".join(sorted(rows["device_name"].dropna().unique())) or "-"
-        for task_name, task in tasks.items():
-            task_rows = rows[rows["task"] == task_name]
-            if task_rows.empty:
-                continue
-            for title, text in task.render(task_rows, name):
-                sections.append(f"## {title}, profile={name}\n\nMeasured on: {machines}\n\n{text}")
-    return "\n\n".join(sections) + "\n"

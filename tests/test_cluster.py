@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from noderun.errors import ConfigError
-from noderun.tasks.classification import checkpoint_path
-from noderun.train import train, validate
+from noderun.tasks.classification import final_weights_path as checkpoint_path
+from noderun.runner import train, validate
 
 SMOKE = ["model=mlp", "profile=smoke", "profile.train_size=64", "profile.test_size=64", "profile.progress=false"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores

@@ -7,11 +7,10 @@ import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from noderun.config import CONF_DIR
+from noderun.config import CONF_DIR, TASK_SCHEMAS
 from noderun.errors import ConfigError
 from noderun.profiling import resolve_device
-from noderun.tasks import TASKS
-from noderun.train import validate
+from noderun.runner import validate
 
 GROUPS = ("model", "solver", "dataset", "profile", "experiment")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
@@ -23,9 +22,9 @@ def _schema_owner(group: str, option: str) -> str | None:
     for entry in defaults:
         if isinstance(entry, str) and entry.startswith(f"/schema/{group}/"):
             name = entry.split("/")[-1].split("@")[0]
-            for task in TASKS.values():
-                if (group, name) in [(g, n) for g, n, _ in task.schemas]:
-                    return task.name
+            for task, schema_group, schema_name, _ in TASK_SCHEMAS:
+                if (schema_group, schema_name) == (group, name):
+                    return task
     return None
 
 

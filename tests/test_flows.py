@@ -12,9 +12,9 @@ from noderun.data.densities import ENERGIES, energy, log_normalizer, sample_toy
 from noderun.errors import ConfigError
 from noderun.models.flows import PlanarCNF, PlanarNF, standard_normal_logprob
 from noderun.results import read_results
-from noderun.tasks import TASKS
-from noderun.tasks.flows import render
-from noderun.train import train, validate
+from noderun.models.solver import SolverSpec
+from noderun.report.flows import figures, render
+from noderun.runner import train, validate
 
 
 def _nf(layers=4, seed=0):
@@ -49,7 +49,7 @@ def test_nf_inverse_inverts():
 
 def _cnf(width=5, trace="exact", seed=0, scale=0.7):
     torch.manual_seed(seed)
-    cnf = PlanarCNF(width, trace=trace, solver={"method": "dopri5", "rtol": 1e-6, "atol": 1e-6}).double()
+    cnf = PlanarCNF(width, trace=trace, solver=SolverSpec(rtol=1e-6, atol=1e-6)).double()
     with torch.no_grad():
         for p in cnf.parameters():
             p.normal_(0, scale)
@@ -87,7 +87,7 @@ def _grid(limit=7.0, points=201):
 
 def test_cnf_density_integrates_to_one():
     cnf = _cnf(width=4, scale=0.3)
-    cnf.solver.update(rtol=1e-5, atol=1e-5)
+    cnf.solver = cnf.solver.replace(rtol=1e-5, atol=1e-5)
     x, cell = _grid(limit=6.0, points=81)
     with torch.no_grad():
         mass = cnf.log_prob(x).exp().sum().item() * cell
@@ -140,7 +140,7 @@ def test_smoke_runs_write_rows(compose_config, tmp_path, overrides):
     assert math.isfinite(row["kl"] if row["kind"] == "density" else row["test_nll"])
     assert list((tmp_path / "flows" / "smoke").glob("*.npz"))
     if "experiment=mle_nf" in overrides:
-        assert TASKS["flows"].figures(tmp_path)
+        assert figures(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -184,18 +184,14 @@ def test_tables_render_with_missing_cells():
 ])
 def test_density_cnf_tolerance_defaults_by_profile_and_yields_to_the_command_line(compose_config, overrides,
                                                                                    expected):
-    from noderun.tasks.flows import _solver
-
-    solver = _solver(compose_config(["experiment=density_cnf", *overrides]))
-    assert (solver["rtol"], solver["atol"]) == pytest.approx(expected)
+    solver = SolverSpec.from_config(compose_config(["experiment=density_cnf", *overrides]).solver, True)
+    assert (solver.rtol, solver.atol) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("profile, expected", [("smoke", 1e-3), ("quick", 1e-4), ("paper", 1e-5)])
 def test_mle_cnf_tolerance_by_profile(compose_config, profile, expected):
-    from noderun.tasks.flows import _solver
-
-    solver = _solver(compose_config(["experiment=mle_cnf", f"profile={profile}"]))
-    assert (solver["rtol"], solver["atol"]) == pytest.approx((expected, expected))
+    solver = SolverSpec.from_config(compose_config(["experiment=mle_cnf", f"profile={profile}"]).solver, True)
+    assert (solver.rtol, solver.atol) == pytest.approx((expected, expected))
 
 
 def test_a_rerun_replaces_the_earlier_row_and_a_failed_cell_says_failed():

@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from noderun.models.odenet import build_odenet
+from noderun.models.solver import SolverSpec
 from noderun.ode import track_stats
 from noderun.profiling import SavedTensorMeter
-from noderun.train import train
+from noderun.runner import train
 
 
 def _pair(**solver):
     """An ODE-Net and an RK-Net with identical weights."""
     torch.manual_seed(0)
-    odenet = build_odenet(channels=8, adjoint=True, **solver)
-    rknet = build_odenet(channels=8, adjoint=False, **solver)
+    odenet = build_odenet(channels=8, solver=SolverSpec(**solver, adjoint=True))
+    rknet = build_odenet(channels=8, solver=SolverSpec(**solver, adjoint=False))
     rknet.load_state_dict(odenet.state_dict())
     return odenet, rknet
 

@@ -9,17 +9,15 @@ import pytest
 import torch
 
 from noderun.errors import ConfigError
-from noderun.plots import (
-    classification_figures,
-    nfe_sweep_figures,
-    plot_depth,
-    plot_nfe_sweep,
-    plot_nfe_training,
-    plot_training_curves,
-)
-from noderun.results import COMMON_COLUMNS, append_row, read_results, render_all
-from noderun.tasks import TASKS
-from noderun.train import train, validate
+from noderun.report import figure3, table1
+from noderun.report.figure3 import figures as nfe_sweep_figures
+from noderun.report.figure3 import plot_nfe_sweep
+from noderun.report.table1 import figures as classification_figures
+from noderun.report.table1 import plot_depth, plot_nfe_training, plot_training_curves
+from noderun.results import COMMON_COLUMNS, append_row, read_results
+from noderun.report import render_all
+from noderun.tasks import get_task
+from noderun.runner import train, validate
 
 HISTORY = {
     "epoch": [1, 2, 3],
@@ -75,7 +73,7 @@ def test_plot_training_curves(tmp_path):
 
 
 def _write_rows(results_dir, experiment, frame, task="classification"):
-    columns = COMMON_COLUMNS + list(TASKS[task].columns)
+    columns = COMMON_COLUMNS + list(get_task(task).columns)
     for i, record in enumerate(frame.to_dict("records")):
         row = {k: v for k, v in record.items() if k in columns and not (isinstance(v, float) and pd.isna(v))}
         row.update(run_id=f"r{i}", experiment=experiment, task=task, status="ok", profile="smoke", seed=0,
@@ -89,7 +87,7 @@ def test_figure_hooks_find_their_data(tmp_path):
         torch.save({"state_dict": {}, "config": {}, "history": HISTORY},
                    tmp_path / "checkpoints" / f"table1-{model}-smoke-seed0.pt")
     _write_rows(tmp_path, "depth", _depth_frame())
-    _write_rows(tmp_path, "figure3", _sweep_frame(), task="nfe_sweep")
+    _write_rows(tmp_path, "figure3", _sweep_frame(), task="figure3")
     names = {p.name for p in classification_figures(tmp_path) + nfe_sweep_figures(tmp_path)}
     assert names == {"training_smoke.png", "figure3d_smoke.png", "depth_smoke.png", "figure3abc_smoke.png"}
     assert all(_nonempty_png(tmp_path / "figures" / n) for n in names)
@@ -97,19 +95,17 @@ def test_figure_hooks_find_their_data(tmp_path):
 
 
 def test_a_rerun_of_the_sweep_or_the_depth_experiment_replaces_its_rows(tmp_path, monkeypatch):
-    from noderun import plots
-    from noderun.tasks.nfe_sweep import render_sweep
 
     first, again = _sweep_frame(), _sweep_frame()
     first["timestamp"], again["timestamp"] = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"
     again["nfe_backward"] = 99.0
-    _write_rows(tmp_path, "figure3", pd.concat([first, again]), task="nfe_sweep")
+    _write_rows(tmp_path, "figure3", pd.concat([first, again]), task="figure3")
     depth_first, depth_again = _depth_frame(), _depth_frame()
     depth_first["timestamp"], depth_again["timestamp"] = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"
     depth_again["memory_mib"] = 7.0
     _write_rows(tmp_path, "depth", pd.concat([depth_first, depth_again]))
 
-    table = render_sweep(read_results(tmp_path), "smoke")[0][1]
+    table = figure3.render(read_results(tmp_path), "smoke")[0][1]
     body = [line for line in table.splitlines() if line.startswith("| 1e")]
     assert len(body) == 4 and all("| 99.0 " in line and line.rstrip("| ").endswith("1") for line in body)
     plotted = {}
@@ -120,8 +116,8 @@ def test_a_rerun_of_the_sweep_or_the_depth_experiment_replaces_its_rows(tmp_path
             return path
         return record
 
-    monkeypatch.setattr(plots, "plot_nfe_sweep", recorder("sweep"))
-    monkeypatch.setattr(plots, "plot_depth", recorder("depth"))
+    monkeypatch.setattr(figure3, "plot_nfe_sweep", recorder("sweep"))
+    monkeypatch.setattr(table1, "plot_depth", recorder("depth"))
     nfe_sweep_figures(tmp_path)
     classification_figures(tmp_path)
     assert len(plotted["sweep"]) == len(first) and (plotted["sweep"]["nfe_backward"] == 99.0).all()
@@ -135,7 +131,7 @@ def test_a_rerun_of_the_sweep_or_the_depth_experiment_replaces_its_rows(tmp_path
 def small_checkpoint(tmp_path):
     """An untrained 8-channel ODE-Net saved where Table 1's smoke ODE-Net would be."""
     from noderun.models import build_odenet
-    from noderun.tasks.classification import checkpoint_path
+    from noderun.tasks.classification import final_weights_path as checkpoint_path
 
     torch.manual_seed(0)
     model = build_odenet(channels=8)
@@ -185,8 +181,8 @@ def test_sweep_without_checkpoint_says_what_to_run(compose_config, tmp_path, mni
 
 def test_figure3_composes_and_validates(compose_config):
     cfg = compose_config(["experiment=figure3"])
-    assert cfg.task == "nfe_sweep" and cfg.experiment_name == "figure3" and cfg.model.name == "odenet"
-    assert validate(cfg).name == "nfe_sweep"
+    assert cfg.task == "figure3" and cfg.experiment_name == "figure3" and cfg.model.name == "odenet"
+    assert validate(cfg).name == "figure3"
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,12 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from noderun.errors import ConfigError
-from noderun.results import COMMON_COLUMNS, _csv_line, append_row, read_results, render_all
-from noderun.tasks.classification import COLUMNS as TASK_COLUMNS
-from noderun.train import validate
+from noderun.results import COMMON_COLUMNS, _csv_line, append_row, read_results
+from noderun.report import render_all
+from noderun.tasks.classification import ClassificationTask
+
+TASK_COLUMNS = ClassificationTask.columns
+from noderun.runner import validate
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6))

@@ -22,9 +22,10 @@ import torch
 import noderun.checkpoint as checkpoint_module
 import noderun.tasks.classification as classification
 from noderun.checkpoint import CheckpointError, RunDirectory, RunInterrupted, load_checkpoint, run_dir
-from noderun.results import read_results, render_all
-from noderun.tasks.classification import checkpoint_path
-from noderun.train import train
+from noderun.results import read_results
+from noderun.report import render_all
+from noderun.tasks.classification import final_weights_path as checkpoint_path
+from noderun.runner import RunFailed, train
 
 TINY = ["model=resnet", "model.n_blocks=1", "model.channels=8", "profile=smoke", "profile.epochs=3",
         "profile.train_size=256", "profile.test_size=64", "profile.batch_size=64"]
@@ -43,6 +44,16 @@ def assert_bit_identical(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def interrupt_before_the_first_step(cfg) -> None:
+    """Run `cfg`, asking it to stop (as Ctrl-C does) before its first step: it saves a checkpoint there."""
+    def log(line: str) -> None:
+        if line.startswith("[noderun] ") and " profile=" in line:  # the run's first line
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(RunInterrupted, match="epoch 1, step 0"):
+        train(cfg, log=log)
 
 
 def rows(results_dir) -> pd.DataFrame:
@@ -79,15 +90,19 @@ def reference(mnist_dir, tmp_path_factory):
     return folder
 
 
-def test_sigkill_mid_epoch_then_rerun_is_bit_identical_with_one_row(mnist_dir, tmp_path, reference):
-    # The child kills itself with SIGKILL in the middle of epoch 2 (the 6th batch of 4 per epoch).
-    args = overrides(mnist_dir, tmp_path, "profile.progress=false")
+@pytest.mark.parametrize("every, resumed_at", [("300", "epoch 2, step 0/4"), ("0", "epoch 2, step 1/4")],
+                         ids=["epoch-end", "periodic"])
+def test_sigkill_mid_epoch_then_rerun_is_bit_identical_with_one_row(mnist_dir, tmp_path, reference, every,
+                                                                    resumed_at):
+    # The child kills itself with SIGKILL in the middle of epoch 2 (the 6th batch of 4 per epoch). With
+    # checkpoint_every_s=0 the periodic checkpoint after every step has saved epoch 2's first step.
+    args = overrides(mnist_dir, tmp_path, "profile.progress=false", f"checkpoint_every_s={every}")
     killed = train_with_signal_at_crop(6, "SIGKILL", args)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "table1.csv").exists()
     resumed = subprocess.run([sys.executable, "-m", "noderun", "train", *args], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at epoch 2, step 0/4" in resumed.stdout + resumed.stderr
+    assert f"resumed at {resumed_at}" in resumed.stdout + resumed.stderr
     assert_bit_identical(final_weights(tmp_path), final_weights(reference))
     assert len(rows(tmp_path)) == 1
     assert rows(tmp_path)["test_loss"][0] == rows(reference)["test_loss"][0]
@@ -111,7 +126,7 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resume_is_bit_identical(compose_config
         train(cfg, log=QUIET)
     assert not (tmp_path / "table1.csv").exists()
     saved = load_checkpoint(run_dir(cfg) / "checkpoint.pt")
-    assert (saved["epoch"], saved["step"]) == (2, 3)
+    assert (saved["loop"]["epoch"], saved["loop"]["step"]) == (2, 3)
 
     monkeypatch.setattr(classification, "random_crop", crop)
     lines = []
@@ -147,10 +162,7 @@ def test_a_kill_between_row_and_finished_marker_never_writes_a_second_row(compos
 
 def test_resume_false_starts_over(compose_config, mnist_dir, tmp_path, monkeypatch):
     cfg = compose_config(overrides(mnist_dir, tmp_path))
-    folder = RunDirectory(cfg)
-    folder.stop_requested = True  # stop at the first step boundary
-    with pytest.raises(RunInterrupted, match="epoch 1, step 0"):
-        classification.train_classifier(cfg, log=QUIET, run=folder)
+    interrupt_before_the_first_step(cfg)
     lines = []
     train(compose_config(overrides(mnist_dir, tmp_path, "resume=false")), log=lines.append)
     assert not any("resumed at" in line or "resuming" in line for line in lines), lines
@@ -159,11 +171,8 @@ def test_resume_false_starts_over(compose_config, mnist_dir, tmp_path, monkeypat
 @pytest.mark.parametrize("damage", ["truncate", "tamper", "foreign"])
 def test_an_unreadable_checkpoint_is_refused_in_one_line(compose_config, mnist_dir, tmp_path, damage):
     cfg = compose_config(overrides(mnist_dir, tmp_path))
-    folder = RunDirectory(cfg)
-    folder.stop_requested = True
-    with pytest.raises(RunInterrupted):
-        classification.train_classifier(cfg, log=QUIET, run=folder)
-    path = folder.checkpoint_path
+    interrupt_before_the_first_step(cfg)
+    path = run_dir(cfg) / "checkpoint.pt"
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
@@ -209,7 +218,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_a_diverging_run_records_a_failed_row_and_keeps_its_log(compose_config, mnist_dir, tmp_path):
     cfg = compose_config(overrides(mnist_dir, tmp_path, "profile.lr=1e12"))
-    with pytest.raises(FloatingPointError, match="training loss became"):
+    with pytest.raises(RunFailed, match="training loss became"):
         train(cfg, log=QUIET)
     frame = read_results(tmp_path)
     assert len(frame) == 1 and frame["status"][0].startswith("failed: training loss became")
@@ -222,13 +231,13 @@ def test_a_diverging_run_records_a_failed_row_and_keeps_its_log(compose_config, 
 def test_a_solver_failure_records_a_failed_row(compose_config, mnist_dir, tmp_path):
     cfg = compose_config(["model=odenet", "model.channels=8", *overrides(mnist_dir, tmp_path)[3:],
                           "solver.max_num_steps=1"])
-    with pytest.raises(RuntimeError, match="max_num_steps"):
+    with pytest.raises(RunFailed, match="max_num_steps"):
         train(cfg, log=QUIET)
     frame = read_results(tmp_path)
     assert frame["status"][0].startswith("failed: ") and "max_num_steps" in frame["status"][0]
     assert frame["method"][0] == "dopri5" and frame["rtol"][0] == cfg.solver.rtol
     # A retry of the same command is a new attempt (a new run id), not a skipped finished run.
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RunFailed):
         train(cfg, log=QUIET)
     frame = read_results(tmp_path)
     assert len(frame) == 2 and frame["run_id"].nunique() == 2
@@ -253,24 +262,22 @@ def test_the_cli_exits_1_with_one_line_for_a_failed_run(mnist_dir, tmp_path):
     ids=["latent_ode", "planar_cnf"],
 )
 def test_iteration_tasks_resume_bit_identical_after_ctrl_c(compose_config, tmp_path, overrides, artifact):
-    from noderun.tasks import TASKS
-
     args = [*overrides, "profile=smoke", "model.iterations.smoke=6"]
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     train(compose_config([*args, f"results_dir={reference_dir}"]), log=QUIET)
 
     cfg = compose_config([*args, f"results_dir={resumed_dir}"])
-    folder = RunDirectory(cfg)
 
     def stop_after_three(line: str) -> None:
-        if line.lstrip().startswith(("iter 3/6", "it 3/6")):
-            folder.stop_requested = True
+        if line.startswith("step 3/6"):
+            # as Ctrl-C does: every process learns of it with the next step's collective, then stops
+            os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(RunInterrupted, match="iteration 3"):
-        TASKS[cfg.task].run(cfg, log=stop_after_three, run=folder)
+    with pytest.raises(RunInterrupted, match="epoch 1, step 4"):
+        train(cfg, log=stop_after_three)
     lines = []
     train(cfg, log=lines.append)
-    assert "[noderun] resumed at iteration 3/6" in lines
+    assert "[noderun] resumed at epoch 1, step 4/6" in lines
     produced = list(resumed_dir.glob(artifact.split("/")[0] + "/**/*.npz"))
     assert [p.relative_to(resumed_dir).as_posix() for p in produced] == [artifact]
     ours, theirs = np.load(resumed_dir / artifact), np.load(reference_dir / artifact)
@@ -298,7 +305,7 @@ def test_ctrl_c_on_the_cli_saves_and_exits_130_then_resumes(mnist_dir, tmp_path)
     (KeyError("model"), None),
 ])
 def test_which_errors_are_recorded_as_failed_runs(error, reason):
-    from noderun.train import failure_reason
+    from noderun.runner import failure_reason
 
     found = failure_reason(error)
     assert (found is None) if reason is None else found.startswith(reason)

@@ -9,9 +9,12 @@ import pandas as pd
 import pytest
 
 from noderun import results
-from noderun.results import COMMON_COLUMNS, append_row, read_results, render_all
-from noderun.tasks.classification import COLUMNS as TASK_COLUMNS
-from noderun.tasks.classification import render_backends, render_depth, render_table1
+from noderun.results import COMMON_COLUMNS, append_row, read_results
+from noderun.report import render_all
+from noderun.tasks.classification import ClassificationTask
+
+TASK_COLUMNS = ClassificationTask.columns
+from noderun.report.table1 import render_backends, render_depth, render_table1
 
 COLUMNS = COMMON_COLUMNS + list(TASK_COLUMNS)
 

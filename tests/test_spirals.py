@@ -13,8 +13,12 @@ from noderun.data.spirals import generate_spirals, rmse, trajectory_rmse
 from noderun.errors import ConfigError
 from noderun.models.latent_ode import LatentODE, RNNBaseline
 from noderun.results import COMMON_COLUMNS
-from noderun.tasks.spirals import COLUMNS, PAPER_TABLE2, TASK, render_table2
-from noderun.train import train, validate
+from noderun.models.solver import SolverSpec
+from noderun.report.table2 import PAPER_TABLE2, figures, render_table2
+from noderun.tasks.spirals import SpiralsTask
+
+COLUMNS = SpiralsTask.columns
+from noderun.runner import train, validate
 
 SMALL = dict(n_spirals=40, n_train=30, n_obs=30)
 
@@ -88,7 +92,7 @@ def test_trajectory_rmse_hand_computed_and_its_median_resists_one_runaway():
 def test_models_are_batched_and_shaped():
     split = generate_spirals(**SMALL).train
     grid = split.times[: split.n_steps]
-    ode = LatentODE(rtol=1e-2, atol=1e-2)
+    ode = LatentODE(solver=SolverSpec(rtol=1e-2, atol=1e-2, adjoint=False))
     loss = ode.loss(split.obs_values, split.obs_times, split.obs_index, grid)
     loss.backward()
     assert loss.ndim == 0 and math.isfinite(loss.item())
@@ -110,7 +114,7 @@ def test_latent_ode_reads_time_gaps_so_a_shifted_trajectory_gives_the_shifted_pr
     torch.manual_seed(0)
     split = generate_spirals(n_spirals=8, n_train=4, n_obs=30).train
     values, index = split.obs_values, split.obs_index - split.obs_index[:, :1]  # first observation at 0
-    ode = LatentODE(rtol=1e-7, atol=1e-7)
+    ode = LatentODE(solver=SolverSpec(rtol=1e-7, atol=1e-7, adjoint=False))
     mean, logvar = ode.encode(values, split.times[index])
     shift = 37
     shifted_mean, shifted_logvar = ode.encode(values, split.times[index + shift])
@@ -164,7 +168,7 @@ def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tm
     assert rows[0]["test_rmse"] == pytest.approx(ode["test_rmse"])
     assert sorted(p.name for p in (tmp_path / "spirals").iterdir()) == [
         "smoke_n30_latent_ode_seed0.npz", "smoke_n30_rnn_seed0.npz"]
-    written = TASK.figures(tmp_path)
+    written = figures(tmp_path)
     assert [p.name for p in written] == ["spirals_smoke_n30.png"] and written[0].stat().st_size > 0
 
 

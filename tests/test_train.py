@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from noderun.results import COMMON_COLUMNS
-from noderun.tasks.classification import COLUMNS as TASK_COLUMNS
+from noderun.tasks.classification import ClassificationTask
+
+TASK_COLUMNS = ClassificationTask.columns
 from noderun.models import build_model
-from noderun.tasks.classification import checkpoint_path
-from noderun.train import train
+from noderun.models.solver import SolverSpec
+from noderun.tasks.classification import final_weights_path as checkpoint_path
+from noderun.runner import train
 
 EXPECTED_PARAMS = {"mlp": 238_510, "resnet": 576_778, "odenet": 208_266, "rknet": 208_266}
 
@@ -36,8 +39,9 @@ def test_smoke_run_writes_one_complete_row(compose_config, mnist_dir, tmp_path, 
     assert math.isnan(written["cuda_peak_mib"])
     checkpoint = torch.load(checkpoint_path(tmp_path, "table1", model, "smoke", 0), weights_only=False)
     assert checkpoint["history"]["test_error"] == [pytest.approx(written["test_error"], abs=1e-3)]
-    assert len(checkpoint["history"]["nfe_forward"][0]) == (2 if is_ode else 0)  # one entry per iteration
-    rebuilt = build_model(compose_config([f"model={model}"]).model, compose_config().solver)
+    counts = checkpoint["history"]["nfe_forward"][0]
+    assert len(counts) == 2 and all((count > 0) == is_ode for count in counts)  # one entry per iteration
+    rebuilt = build_model(compose_config([f"model={model}"]).model, SolverSpec())
     rebuilt.load_state_dict(checkpoint["state_dict"])
 
 

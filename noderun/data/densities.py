@@ -80,3 +80,18 @@ def sample_toy(name: str, n: int, generator: torch.Generator, noise: float | Non
         x = x - torch.tensor([0.5, 0.25])
         return 2 * (x + noise * torch.randn(n, 2, generator=generator))
     raise ValueError(f"unknown data set {name!r}; valid: {list(TOY_DATASETS)}")
+
+
+# The window the flow figures draw: density images on GRID x GRID points of [-LIMIT, LIMIT]²,
+# and the fractions of the CNF's flow time at which Figure 5 shows its samples.
+GRID = 100
+LIMIT = 4.0
+SNAPSHOTS = (0.05, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def density_grid(device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """The GRID² points of the figures' window, [GRID * GRID, 2]; reshaped to [GRID, GRID], row = z2
+    from -LIMIT up, column = z1."""
+    axis = torch.linspace(-LIMIT, LIMIT, GRID, device=device, dtype=dtype)
+    z1, z2 = torch.meshgrid(axis, axis, indexing="xy")
+    return torch.stack([z1, z2], -1).reshape(-1, 2)

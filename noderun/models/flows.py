@@ -10,10 +10,17 @@ this f is the sum of M scalars σₙ h'(wₙᵀz + bₙ) uₙᵀwₙ (exact, O(M
 εᵀ(∂f/∂z)ε (Rademacher ε, drawn once per solve) is an unbiased alternative. Both are
 solved with noderun.ode, gradients by the adjoint method.
 
-Directions: the CNF maps base samples (t = 0) to data (t = t_end). For density matching the
-NF does the same (samples from N(0, I) pushed through the layers); for maximum likelihood
-the NF is applied in the normalizing direction (data -> base), where its density is exact,
-and samples come from inverting each layer (a monotone scalar equation, solved by bisection).
+Directions: the CNF maps base samples (t = 0) to data (t = t_end). The NF's `direction` says
+which way its layers run: "generative" (density matching: samples of N(0, I) pushed through
+the layers) or "normalizing" (maximum likelihood: data -> base, where its density is exact;
+samples come from inverting each layer, a monotone scalar equation solved by bisection).
+
+Both flows answer the same three questions, so a task never asks which flow it holds:
+
+- ``sample(z0) -> (x, log q(x))``: base samples z0 [N, d] to data-side samples and their log density;
+- ``log_prob(x) -> log q(x)`` [N];
+- ``snapshots(z0, fractions) -> [S, N, d]``: samples along the flow (the CNF at each fraction of its
+  time; the NF, which has no time, its final samples only, S = 1).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noderun.ode import odeint, odeint_adjoint
+from noderun.models.solver import SolverSpec
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -37,12 +44,17 @@ def standard_normal_logprob(z: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------ planar NF
 
 
-class PlanarNF(nn.Module):
-    """K planar layers in dimension `dim`."""
+NF_DIRECTIONS = ("generative", "normalizing")
 
-    def __init__(self, layers: int, dim: int = 2, init_scale: float = 0.1):
+
+class PlanarNF(nn.Module):
+    """K planar layers in dimension `dim`, run in `direction` (see the module docstring)."""
+
+    def __init__(self, layers: int, dim: int = 2, init_scale: float = 0.1, direction: str = "generative"):
         super().__init__()
-        self.layers, self.dim = layers, dim
+        if direction not in NF_DIRECTIONS:
+            raise ValueError(f"direction={direction!r}; valid: {list(NF_DIRECTIONS)}")
+        self.layers, self.dim, self.direction = layers, dim, direction
         self.w = nn.Parameter(torch.randn(layers, dim) * init_scale)
         self.u = nn.Parameter(torch.randn(layers, dim) * init_scale)
         self.b = nn.Parameter(torch.zeros(layers))
@@ -80,6 +92,28 @@ class PlanarNF(nn.Module):
             a = (low + high) / 2
             y = y - torch.tanh(a + b)[:, None] * u[k]
         return y
+
+    def sample(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, log q(x)) for base samples z0 [N, dim]."""
+        if self.direction == "generative":
+            x, logdet = self(z0)
+            return x, standard_normal_logprob(z0) - logdet
+        x = self.inverse(z0)
+        return x, self.log_prob(x)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) [N] for x [N, dim]."""
+        if self.direction == "normalizing":
+            z, logdet = self(x)
+            return standard_normal_logprob(z) + logdet
+        z0 = self.inverse(x)  # generative: log q(x) = log N(z0) - log|det|(z0), z0 = f⁻¹(x)
+        _, logdet = self(z0)
+        return standard_normal_logprob(z0) - logdet
+
+    @torch.no_grad()
+    def snapshots(self, z0: torch.Tensor, fractions) -> torch.Tensor:
+        """The final samples only, [1, N, dim]: a discrete flow has no intermediate times."""
+        return self.sample(z0)[0][None]
 
 
 # ----------------------------------------------------------------------- planar CNF
@@ -140,16 +174,16 @@ class _Augmented(nn.Module):
 
 
 class PlanarCNF(nn.Module):
-    """Planar CNF of width M over [0, t_end]; `solver` holds odeint keyword arguments."""
+    """Planar CNF of width M over [0, t_end], solved as `solver` says (default: dopri5 at 1e-5, adjoint)."""
 
     def __init__(self, width: int, dim: int = 2, hidden: int = 32, t_end: float = 1.0, trace: str = "exact",
-                 solver: dict | None = None, adjoint: bool = True):
+                 solver: SolverSpec | None = None):
         super().__init__()
         if trace not in ("exact", "hutchinson"):
             raise ValueError(f"trace={trace!r}; valid: ['exact', 'hutchinson']")
-        self.width, self.dim, self.t_end, self.trace, self.adjoint = width, dim, float(t_end), trace, adjoint
+        self.width, self.dim, self.t_end, self.trace = width, dim, float(t_end), trace
         self.dynamics = PlanarCNFDynamics(width, dim, hidden)
-        self.solver = dict(solver or {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5})
+        self.solver = solver or SolverSpec(rtol=1e-5, atol=1e-5)
 
     def _noise(self, z: torch.Tensor) -> torch.Tensor | None:
         if self.trace == "exact":
@@ -159,14 +193,12 @@ class PlanarCNF(nn.Module):
     def _solve(self, z, logp, t0: float, t1: float):
         func = _Augmented(self.dynamics, self._noise(z))
         t = torch.tensor([t0, t1], dtype=z.dtype, device=z.device)
-        solve = odeint_adjoint if (self.adjoint and torch.is_grad_enabled()) else odeint
-        kwargs = dict(self.solver)
-        if solve is odeint_adjoint:
-            kwargs["adjoint_params"] = tuple(self.parameters())
-        zs, ls = solve(func, (z, logp), t, **kwargs)
+        # without a graph there is nothing for the adjoint to differentiate: a plain solve
+        adjoint = None if torch.is_grad_enabled() else False
+        zs, ls = self.solver.solve(func, (z, logp), t, adjoint=adjoint, adjoint_params=tuple(self.parameters()))
         return zs[-1], ls[-1]
 
-    def forward(self, z0: torch.Tensor, logp0: torch.Tensor | None = None):
+    def sample(self, z0: torch.Tensor, logp0: torch.Tensor | None = None):
         """Push base samples z0 through the flow: (z(t_end), log q(z(t_end)))."""
         if logp0 is None:
             logp0 = standard_normal_logprob(z0)
@@ -177,11 +209,12 @@ class PlanarCNF(nn.Module):
         z0, delta = self._solve(x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), self.t_end, 0.0)
         return standard_normal_logprob(z0) - delta
 
+    forward = sample
+
     @torch.no_grad()
-    def trajectory(self, z0: torch.Tensor, fractions) -> torch.Tensor:
+    def snapshots(self, z0: torch.Tensor, fractions) -> torch.Tensor:
         """Samples at the given fractions of the flow time: [len(fractions), N, dim]."""
         times = [0.0] + [float(f) * self.t_end for f in fractions]
         t = torch.tensor(times, dtype=z0.dtype, device=z0.device)
-        options = {k: v for k, v in self.solver.items() if k in ("method", "rtol", "atol", "options")}
-        zs = odeint(lambda tt, z: self.dynamics.velocity(tt, z), z0, t, **options)
+        zs = self.solver.solve(lambda tt, z: self.dynamics.velocity(tt, z), z0, t, adjoint=False)
         return zs[1:]

@@ -2,7 +2,9 @@
 
 Both models take a batch of trajectories with the same number n of observations at
 trajectory-specific times: values [B, n, 2], times [B, n] (sorted), and predict positions
-at later times. Batched throughout; the only Python loops are over time steps.
+at later times. Batched throughout; the only Python loops are over time steps. Both also
+answer the same two calls on a noderun.data.spirals.SpiralSplit, which is all a task uses:
+``split_loss(split)`` and ``forecast(split)`` (positions on the split's whole time grid).
 
 LatentODE: a recognition RNN runs backwards in time over (x_i, gap to the next observation)
 and gives the mean and log-variance of q(z(t_1)) at the first observation; z(t_1) is sampled
@@ -22,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from noderun.ode import odeint, odeint_adjoint
+from noderun.models.solver import SolverSpec
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -73,8 +75,8 @@ class LatentODE(nn.Module):
 
     def __init__(self, *, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, dyn_hidden: int = 20,
                  dec_hidden: int = 20, cell: str = "gru", obs_std: float = 0.3, gap_scale: float = 10.0,
-                 consistency: float = 10.0, consistency_fraction: float = 0.5, method: str = "dopri5",
-                 rtol: float = 1e-3, atol: float = 1e-4, options: dict | None = None, adjoint: bool = False) -> None:
+                 consistency: float = 10.0, consistency_fraction: float = 0.5,
+                 solver: SolverSpec | None = None) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.gap_scale = gap_scale  # the time gap enters the recognition cell multiplied by this
@@ -85,8 +87,8 @@ class LatentODE(nn.Module):
         self.obs_logvar = 2 * math.log(obs_std)
         self.consistency = consistency
         self.consistency_fraction = consistency_fraction
-        self.solver = dict(method=method, rtol=rtol, atol=atol, options=options or {})
-        self.adjoint = adjoint
+        # solver: how the latent ODE is solved (default: dopri5 at 1e-3 / 1e-4, backprop through it)
+        self.solver = solver or SolverSpec(rtol=1e-3, atol=1e-4, adjoint=False)
 
     def encode(self, values: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z(t_i) | x_i..x_n-1) for every i: (mean, logvar), each [B, n, latent].
@@ -105,8 +107,7 @@ class LatentODE(nn.Module):
 
     def latent_path(self, z_start: torch.Tensor, elapsed: torch.Tensor) -> torch.Tensor:
         """ODE solution [B, len(elapsed), latent] from z_start [B, latent] at elapsed times [S] (from 0)."""
-        solve = odeint_adjoint if self.adjoint else odeint
-        return solve(self.dynamics, z_start, elapsed, **self.solver).transpose(0, 1)
+        return self.solver.solve(self.dynamics, z_start, elapsed).transpose(0, 1)
 
     def _at_steps(self, path: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """path [B, S, latent] at per-trajectory step indices steps [B, m]: [B, m, latent]."""
@@ -152,6 +153,16 @@ class LatentODE(nn.Module):
         return decoded.masked_fill((steps < 0).unsqueeze(-1), float("nan"))
 
 
+    def split_loss(self, split) -> torch.Tensor:
+        """The training loss on a noderun.data.spirals.SpiralSplit (its observation window's grid)."""
+        return self.loss(split.obs_values, split.obs_times, split.obs_index, split.times[: split.n_steps])
+
+    @torch.no_grad()
+    def forecast(self, split) -> torch.Tensor:
+        """Positions [B, S + E, obs_dim] on the split's whole grid: reconstruction, then extrapolation."""
+        return self.predict(split.obs_values, split.obs_times, split.obs_index, split.times)
+
+
 class RNNBaseline(nn.Module):
     def __init__(self, *, obs_dim: int = 2, hidden: int = 25, cell: str = "gru", gap_scale: float = 10.0) -> None:
         super().__init__()
@@ -188,3 +199,15 @@ class RNNBaseline(nn.Module):
             t = torch.full_like(t, float(q))
             outputs.append(x)
         return torch.stack(outputs, dim=1)
+
+    def split_loss(self, split) -> torch.Tensor:
+        """The training loss on a noderun.data.spirals.SpiralSplit."""
+        return self.loss(split.obs_values, split.obs_times)
+
+    @torch.no_grad()
+    def forecast(self, split) -> torch.Tensor:
+        """Positions [B, S + E, obs_dim] on the split's whole grid: NaN on the observation window,
+        which the RNN only reads, then its extrapolation."""
+        extrapolation = self.predict(split.obs_values, split.obs_times, split.extrapolation_times)
+        window = extrapolation.new_full((extrapolation.shape[0], split.n_steps, extrapolation.shape[2]), float("nan"))
+        return torch.cat([window, extrapolation], dim=1)

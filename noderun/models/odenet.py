@@ -16,6 +16,7 @@ from torch import nn
 from noderun.errors import ConfigError
 from noderun.models.blocks import classifier_head, downsampling, group_norm
 from noderun.models.conv import CONV_IMPLS, conv2d
+from noderun.models.solver import SolverSpec
 
 
 class TimeConv2d(nn.Module):
@@ -109,94 +110,21 @@ class ConvODEFunc(nn.Module):
         return self.norm3(out)
 
 
-BACKENDS = ("native", "torchdiffeq")
-# Methods both libraries implement (torchdiffeq has no tsit5). Same names, same schemes, except
-# that torchdiffeq's "rk4" is Kutta's 3/8 rule, not the classical RK4 of noderun.ode.
-TORCHDIFFEQ_METHODS = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "euler", "fehlberg2", "midpoint", "rk4")
-
-
-def check_backend(backend: str, method: str) -> None:
-    """Raise ConfigError unless `backend` is known, importable and implements `method`."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"solver.backend={backend!r} is invalid; valid backends: {list(BACKENDS)}")
-    if backend == "torchdiffeq":
-        try:
-            import torchdiffeq  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "solver.backend='torchdiffeq' needs the torchdiffeq package, which is not installed: "
-                "pip install noderun[torchdiffeq]"
-            ) from None
-        if method not in TORCHDIFFEQ_METHODS:
-            raise ConfigError(
-                f"solver.method={method!r} is not available with solver.backend=torchdiffeq; "
-                f"its methods: {list(TORCHDIFFEQ_METHODS)} (or use solver.backend=native)"
-            )
-
-
-class _CountedDynamics(nn.Module):
-    """Counts the calls of the dynamics into noderun.ode's statistics for the torchdiffeq backend.
-
-    One instance per forward solve. Calls made while that solve runs are forward
-    evaluations (reported once, when it returns, like a noderun.ode solve); calls made
-    afterwards can only come from the adjoint's backward solve and are added one by one
-    to nfe_backward of the same track_stats blocks that were active at the forward solve.
-    The dynamics module is held outside the module tree, so no parameter is registered twice.
-    """
-
-    def __init__(self, func: nn.Module, sinks: tuple):
-        super().__init__()
-        self.__dict__["func"] = func
-        self.sinks = sinks
-        self.in_forward = True
-        self.nfe_forward = 0
-
-    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        if self.in_forward:
-            self.nfe_forward += 1
-        else:
-            for sink in self.sinks:
-                sink.nfe_backward += 1
-        return self.func(t, h)
-
-
 class ODEBlock(nn.Module):
-    """h(1) from h(0) = input by solving dh/dt = func(t, h) over [0, 1].
+    """h(1) from h(0) = input by solving dh/dt = func(t, h) over [0, 1] as `solver` says.
 
-    adjoint=True: odeint_adjoint (ODE-Net, O(1) activation memory);
-    adjoint=False: odeint with backprop through the solver (RK-Net, O(L~) memory).
-    backend="native" solves with noderun.ode, "torchdiffeq" with torchdiffeq.odeint /
-    odeint_adjoint (same method, tolerances and options; adjoint_options={"norm": "seminorm"}
-    maps to torchdiffeq's seminorm). Both report their NFE to noderun.ode.track_stats.
-    channels_last=True solves in NHWC memory order: the input is made channels_last once,
-    the solver's flat state keeps that order (no per-step copies), the dynamics see
-    channels_last views, and the output is returned contiguous (NCHW).
+    solver.adjoint=True: the adjoint method (ODE-Net, O(1) activation memory); False:
+    backprop through the solver (RK-Net, O(L~) memory). channels_last=True solves in NHWC
+    memory order: the input is made channels_last once, the solver's flat state keeps that
+    order (no per-step copies), the dynamics see channels_last views, and the output is
+    returned contiguous (NCHW).
     """
 
-    def __init__(
-        self,
-        func: nn.Module,
-        *,
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-        options: dict | None = None,
-        adjoint: bool = True,
-        adjoint_options: dict | None = None,
-        t1: float = 1.0,
-        backend: str = "native",
-        channels_last: bool = False,
-    ):
+    def __init__(self, func: nn.Module, solver: SolverSpec | None = None, *, t1: float = 1.0,
+                 channels_last: bool = False):
         super().__init__()
-        check_backend(backend, method)
         self.func = func
-        self.method = method
-        self.rtol = rtol
-        self.atol = atol
-        self.options = dict(options or {})
-        self.adjoint = adjoint
-        self.adjoint_options = dict(adjoint_options or {})
-        self.backend = backend
+        self.solver = solver or SolverSpec()
         self.channels_last = channels_last
         self.register_buffer("integration_times", torch.tensor([0.0, t1]), persistent=False)
 
@@ -204,74 +132,29 @@ class ODEBlock(nn.Module):
         t = self.integration_times.to(h.dtype)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        if self.backend == "torchdiffeq":
-            out = self._solve_torchdiffeq(h, t)
-        else:
-            out = self._solve_native(h, t)
+        out = self.solver.solve(self.func, h, t)[-1]
         return out.contiguous() if self.channels_last else out
-
-    def _solve_native(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        from noderun.ode import odeint, odeint_adjoint
-
-        if self.adjoint:
-            trajectory = odeint_adjoint(
-                self.func, h, t, method=self.method, rtol=self.rtol, atol=self.atol,
-                options=self.options or None, adjoint_options=self.adjoint_options or None,
-            )
-        else:
-            trajectory = odeint(
-                self.func, h, t, method=self.method, rtol=self.rtol, atol=self.atol,
-                options=self.options or None,
-            )
-        return trajectory[-1]
-
-    def _solve_torchdiffeq(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        import torchdiffeq
-
-        from noderun.ode import stats as ode_stats
-
-        counted = _CountedDynamics(self.func, ode_stats.active_sinks())
-        kwargs = dict(method=self.method, rtol=self.rtol, atol=self.atol, options=self.options or None)
-        try:
-            if self.adjoint:
-                trajectory = torchdiffeq.odeint_adjoint(
-                    counted, h, t, **kwargs, adjoint_options=self.adjoint_options or None,
-                    adjoint_params=tuple(self.func.parameters()),
-                )
-            else:
-                trajectory = torchdiffeq.odeint(counted, h, t, **kwargs)
-        finally:
-            counted.in_forward = False
-        ode_stats.record(ode_stats.SolveStats(nfe_forward=counted.nfe_forward, num_solves=1), counted.sinks)
-        return trajectory[-1]
 
 
 def build_odenet(
     channels: int = 64,
     num_classes: int = 10,
+    solver: SolverSpec | None = None,
     *,
-    method: str = "dopri5",
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
-    options: dict | None = None,
-    adjoint: bool = True,
-    adjoint_options: dict | None = None,
-    backend: str = "native",
     time_channel: str = "exact",
     channels_last: bool = False,
     conv_impl: str = "torch",
 ) -> nn.Sequential:
     """208,266 parameters at 64 channels. Input float [B, 1, 28, 28]; output logits [B, 10].
 
-    The reference network as published (time concatenated as a channel, NCHW, torchdiffeq)
-    is ``time_channel="concat", channels_last=False, backend="torchdiffeq"``; every variant
-    has the same parameter names, so a state_dict loads into any of them.
+    solver: how the ODE block is solved (default: dopri5 at 1e-3 with the adjoint, the ODE-Net;
+    adjoint=False gives the RK-Net). The reference network as published (time concatenated as a
+    channel, NCHW, torchdiffeq) is ``time_channel="concat", channels_last=False`` with
+    ``solver.backend="torchdiffeq"``; every variant has the same parameter names, so a
+    state_dict loads into any of them.
     """
     func = ConvODEFunc(channels, time_channel=time_channel, conv_impl=conv_impl)
     if channels_last:
         func = func.to(memory_format=torch.channels_last)
-    block = ODEBlock(
-        func, method=method, rtol=rtol, atol=atol, options=options,
-        adjoint=adjoint, adjoint_options=adjoint_options, backend=backend, channels_last=channels_last,
-    )
+    block = ODEBlock(func, solver, channels_last=channels_last)
     return nn.Sequential(downsampling(channels), block, classifier_head(channels, num_classes))

@@ -1,0 +1,183 @@
+"""`SolverSpec`: how every ODE block of every model is solved, built once from the `solver` config group.
+
+The ODE-Net and RK-Net blocks, the latent ODE and the planar CNF all call `SolverSpec.solve`,
+so each `solver.*` option means the same in every model, and an option that a run cannot
+honour is refused by `SolverSpec.from_config` in one line instead of being ignored:
+
+- `solver.step_size` sets the step of a fixed-step method; an adaptive method refuses it;
+- `solver.seminorm` changes the adjoint's backward error norm; a run that backpropagates
+  through the solver (adjoint off) refuses it;
+- `solver.backend=torchdiffeq` solves with torchdiffeq (installed, and a method it has),
+  its evaluations counted into `noderun.ode.track_stats` like a native solve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from noderun.errors import ConfigError
+
+BACKENDS = ("native", "torchdiffeq")
+# Methods both libraries implement (torchdiffeq has no tsit5). Same names, same schemes, except
+# that torchdiffeq's "rk4" is Kutta's 3/8 rule, not the classical RK4 of noderun.ode.
+TORCHDIFFEQ_METHODS = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "euler", "fehlberg2", "midpoint", "rk4")
+
+
+def check_backend(backend: str, method: str) -> None:
+    """Raise ConfigError unless `backend` is known, importable and implements `method`."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"solver.backend={backend!r} is invalid; valid backends: {list(BACKENDS)}")
+    if backend == "torchdiffeq":
+        try:
+            import torchdiffeq  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "solver.backend='torchdiffeq' needs the torchdiffeq package, which is not installed: "
+                "pip install noderun[torchdiffeq]"
+            ) from None
+        if method not in TORCHDIFFEQ_METHODS:
+            raise ConfigError(
+                f"solver.method={method!r} is not available with solver.backend=torchdiffeq; "
+                f"its methods: {list(TORCHDIFFEQ_METHODS)} (or use solver.backend=native)"
+            )
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """Method, tolerances, options and gradient mode of one model's ODE solves.
+
+    options: `{"step_size": h}` for a fixed-step method, `{"max_num_steps": n}` for an adaptive one.
+    adjoint: True for the adjoint method (O(1) memory), False to backpropagate through the solver.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    options: dict = field(default_factory=dict)
+    adjoint: bool = True
+    seminorm: bool = False
+    backend: str = "native"
+
+    @classmethod
+    def from_config(cls, solver_cfg, default_adjoint: bool) -> "SolverSpec":
+        """The spec of a `solver` config group; `default_adjoint` is the model's own choice,
+        used when `solver.adjoint` is null. Raises ConfigError naming the option and the fix."""
+        from noderun.ode.methods import METHODS, get_method
+
+        method = solver_cfg.method
+        if method not in METHODS:
+            raise ConfigError(f"solver.method={method!r} is invalid; valid methods: {sorted(METHODS)}")
+        for key in ("rtol", "atol"):
+            value = solver_cfg[key]
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"solver.{key}={value!r} is invalid; it must be a finite number > 0")
+        if solver_cfg.max_num_steps < 1:
+            raise ConfigError(f"solver.max_num_steps={solver_cfg.max_num_steps!r} is invalid; it must be >= 1")
+        step_size = solver_cfg.step_size
+        if get_method(method).adaptive:
+            if step_size is not None:
+                raise ConfigError(
+                    f"solver.step_size={step_size!r} applies to fixed-step methods and {method!r} is adaptive; "
+                    "drop solver.step_size, or choose a fixed-step method (euler, midpoint, rk4)"
+                )
+            options = {"max_num_steps": int(solver_cfg.max_num_steps)}
+        else:
+            if step_size is None or not (math.isfinite(step_size) and step_size > 0):
+                raise ConfigError(
+                    f"solver.step_size={step_size!r}: fixed-step method {method!r} needs a step size > 0, "
+                    "e.g. solver.step_size=0.1"
+                )
+            options = {"step_size": float(step_size)}
+        adjoint = default_adjoint if solver_cfg.adjoint is None else bool(solver_cfg.adjoint)
+        if solver_cfg.seminorm and not adjoint:
+            raise ConfigError(
+                "solver.seminorm=true changes the adjoint's backward solve, and this run backpropagates "
+                "through the solver (adjoint off); set solver.adjoint=true or drop solver.seminorm"
+            )
+        backend = solver_cfg.get("backend", "native")
+        check_backend(backend, method)
+        return cls(method=method, rtol=float(solver_cfg.rtol), atol=float(solver_cfg.atol), options=options,
+                   adjoint=adjoint, seminorm=bool(solver_cfg.seminorm), backend=backend)
+
+    def replace(self, **changes) -> "SolverSpec":
+        """A copy with some fields changed (e.g. a reference solve at a tighter tolerance)."""
+        return replace(self, **changes)
+
+    @property
+    def odeint_kwargs(self) -> dict:
+        """method, rtol, atol and options as `odeint` takes them."""
+        return {"method": self.method, "rtol": self.rtol, "atol": self.atol, "options": dict(self.options) or None}
+
+    def solve(self, func: Callable, y0: Any, t: torch.Tensor, adjoint: Optional[bool] = None,
+              adjoint_params: Optional[tuple] = None) -> Any:
+        """y at every time of `t` from y(t[0]) = y0 (a tensor or a tuple of tensors).
+
+        adjoint: overrides the spec's gradient mode for this call (evaluation without a graph
+        passes False: nothing to differentiate). adjoint_params: the parameters the adjoint
+        differentiates, by default those of `func` when it is a module.
+        """
+        use_adjoint = self.adjoint if adjoint is None else adjoint
+        if use_adjoint and adjoint_params is None and isinstance(func, nn.Module):
+            adjoint_params = tuple(func.parameters())
+        adjoint_options = {"norm": "seminorm"} if self.seminorm else None
+        if self.backend == "torchdiffeq":
+            return _solve_torchdiffeq(func, y0, t, self.odeint_kwargs, use_adjoint, adjoint_options, adjoint_params)
+        from noderun.ode import odeint, odeint_adjoint
+
+        if use_adjoint:
+            return odeint_adjoint(func, y0, t, **self.odeint_kwargs, adjoint_options=adjoint_options,
+                                  adjoint_params=adjoint_params)
+        return odeint(func, y0, t, **self.odeint_kwargs)
+
+    def describe(self) -> dict:
+        """The result columns that name this solver."""
+        return {"method": self.method, "rtol": self.rtol, "atol": self.atol, "adjoint": self.adjoint}
+
+
+class _CountedDynamics(nn.Module):
+    """Counts the calls of the dynamics into noderun.ode's statistics for the torchdiffeq backend.
+
+    One instance per forward solve. Calls made while that solve runs are forward
+    evaluations (reported once, when it returns, like a noderun.ode solve); calls made
+    afterwards can only come from the adjoint's backward solve and are added one by one
+    to nfe_backward of the same track_stats blocks that were active at the forward solve.
+    The dynamics module is held outside the module tree, so no parameter is registered twice.
+    """
+
+    def __init__(self, func: Callable, sinks: tuple):
+        super().__init__()
+        self.__dict__["func"] = func
+        self.sinks = sinks
+        self.in_forward = True
+        self.nfe_forward = 0
+
+    def forward(self, t, y):
+        if self.in_forward:
+            self.nfe_forward += 1
+        else:
+            for sink in self.sinks:
+                sink.nfe_backward += 1
+        return self.func(t, y)
+
+
+def _solve_torchdiffeq(func, y0, t, kwargs: dict, adjoint: bool, adjoint_options, adjoint_params):
+    import torchdiffeq
+
+    from noderun.ode import stats as ode_stats
+
+    counted = _CountedDynamics(func, ode_stats.active_sinks())
+    try:
+        if adjoint:
+            solution = torchdiffeq.odeint_adjoint(counted, y0, t, **kwargs, adjoint_options=adjoint_options,
+                                                  adjoint_params=adjoint_params)
+        else:
+            solution = torchdiffeq.odeint(counted, y0, t, **kwargs)
+    finally:
+        counted.in_forward = False
+    ode_stats.record(ode_stats.SolveStats(nfe_forward=counted.nfe_forward, num_solves=1), counted.sinks)
+    return solution

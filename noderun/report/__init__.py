@@ -1,0 +1,47 @@
+"""The paper's tables and figures from result rows: what `noderun table` and `noderun plot` print and draw.
+
+One module per experiment family, each with `TASK` (the `task` column of its rows),
+`render(rows, profile) -> [(title, markdown)]` and `figures(results_dir) -> [PNG paths]`.
+Reporting reads result CSVs (noderun.results) and the files runs saved; it never imports
+the training code, and matplotlib only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from noderun.report import figure3, flows, table1, table2
+
+SECTIONS = (table1, figure3, table2, flows)  # in the order of the paper
+
+
+def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:
+    """Every family's tables, one section per profile present (or only `profile`).
+
+    With no results at all, Table 1 is shown with every row 'not run'.
+    """
+    profiles = [profile] if profile else sorted(p for p in frame["profile"].dropna().unique() if p)
+    if frame.empty or not profiles:
+        title, text = table1.render(frame, profile or "quick")[0]
+        return f"No results yet: run `noderun train` or `make reproduce`.\n\n## {title}\n\n{text}\n"
+    sections = []
+    for name in profiles:
+        rows = frame[frame["profile"] == name]
+        machines = ", ".join(sorted(rows["device_name"].dropna().unique())) or "-"
+        for family in SECTIONS:
+            family_rows = rows[rows["task"] == family.TASK]
+            if family_rows.empty:
+                continue
+            for title, text in family.render(family_rows, name):
+                sections.append(f"## {title}, profile={name}\n\nMeasured on: {machines}\n\n{text}")
+    return "\n\n".join(sections) + "\n"
+
+
+def write_figures(results_dir: str | Path) -> list[Path]:
+    """Every family's figures (PNG) under results_dir/figures, from what is there; the paths written."""
+    written = []
+    for family in SECTIONS:
+        written += family.figures(Path(results_dir))
+    return written
