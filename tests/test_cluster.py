@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 import sys
 
 import pandas as pd
@@ -91,3 +92,34 @@ def test_ddp_refuses_a_global_batch_that_does_not_divide_and_other_tasks(compose
         validate(compose_config(["model=mlp", "profile=smoke"]))
     with pytest.raises(ConfigError, match="task=spirals runs in one process"):
         validate(compose_config(["experiment=latent_ode", "profile=smoke"]))
+
+
+def test_a_failure_on_one_rank_stops_every_rank_with_one_failed_row(mnist_dir, tmp_path):
+    """Rank 1's solver gives up at step 1: both processes stop at that step (no wait for a timeout),
+    exit 1 with one line each, and rank 0 writes the one failed row."""
+    script = textwrap.dedent("""
+        import os, sys
+        from noderun.ode.errors import ODESolverError
+        from noderun.tasks.classification import ClassificationTask
+        loss, calls = ClassificationTask.loss, [0]
+        def failing_on_rank_1(self, batch):
+            calls[0] += 1
+            if os.environ["RANK"] == "1" and calls[0] == 2:
+                raise ODESolverError("max_num_steps=1 reached at t=0.5")
+            return loss(self, batch)
+        ClassificationTask.loss = failing_on_rank_1
+        from noderun.cli import main
+        main(["train", *sys.argv[1:]])
+    """)
+    (tmp_path / "fail_on_rank_1.py").write_text(script)
+    args = ["model=odenet", "model.channels=8", "solver=rk4", "solver.step_size=0.5", "profile=smoke",
+            "profile.train_size=256", "profile.batch_size=64", "profile.test_size=64", "profile.progress=false",
+            f"data_dir={mnist_dir}", f"results_dir={tmp_path / 'results'}"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(tmp_path / "fail_on_rank_1.py"), *args],
+                         capture_output=True, text=True, cwd=tmp_path, env=ONE_THREAD, timeout=300)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if "noderun: error:" in line]
+    assert len(errors) == 2 and any("another process failed at epoch 1, step 1" in line for line in errors), errors
+    frame = pd.read_csv(tmp_path / "results" / "table1.csv")
+    assert len(frame) == 1 and frame["status"][0].startswith("failed: another process failed")

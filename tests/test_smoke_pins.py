@@ -1,0 +1,50 @@
+"""Every experiment's smoke run at seed 0 on one CPU thread: the numbers it gives are pinned.
+
+tests/data/smoke_pins.json holds, per experiment, the overrides and what its run gave: the test
+metric(s), the parameter count and the NFE of every training iteration (for figure3, which does
+not train, the NFE per evaluated batch). A change to the runner, a task or a model that moves
+any of them fails here, so a refactoring is shown to keep behaviour. Each row's common columns
+are also checked to be filled the same way for every task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from noderun.checkpoint import load_checkpoint, run_dir
+from noderun.runner import train
+
+PINS = json.loads((Path(__file__).parent / "data" / "smoke_pins.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("pins")  # shared: figure3 reads the ODE-Net that table1_odenet trained
+
+
+@pytest.mark.parametrize("name", list(PINS))
+def test_smoke_run_gives_the_pinned_numbers(compose_config, mnist_dir, results, one_thread, name):
+    pin = PINS[name]
+    cfg = compose_config(["profile=smoke", "seed=0", "device=cpu", f"results_dir={results}", f"data_dir={mnist_dir}",
+                          *pin["overrides"]])
+    row = train(cfg, log=lambda *_: None)
+    expected = dict(pin["expected"])
+    traces = {key: expected.pop(key) for key in ("iter_nfe_forward", "iter_nfe_backward") if key in expected}
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    loop = load_checkpoint(run_dir(cfg) / "checkpoint.pt")["loop"] if cfg.task != "figure3" else None
+    if traces:
+        assert loop["nfe_forward"] == traces["iter_nfe_forward"]
+        assert loop["nfe_backward"] == traces["iter_nfe_backward"]
+    # the common columns, filled the same way whatever the task
+    assert row["status"] == "ok" and row["params"] > 0 and row["device"] == "cpu" and row["torch_version"]
+    if loop is not None:  # a task that trains
+        assert row["memory_mib"] > 0 and row["time_per_iter_s"] > 0 and row["train_time_s"] > 0
+        last = loop["nfe_forward"][-max(1, math.ceil(len(loop["nfe_forward"]) / 10)):]
+        assert row["nfe_forward"] == pytest.approx(sum(last) / len(last))
+    assert row["cuda_peak_mib"] is None and torch.get_num_threads() == 1
