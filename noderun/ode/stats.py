@@ -93,5 +93,10 @@ def record(stats: SolveStats, sinks: Optional[Tuple[SolveStats, ...]] = None) ->
 
 
 def last_solve_stats() -> Optional[SolveStats]:
-    """Statistics of the most recent solve (forward or adjoint backward) in this context."""
+    """Statistics of the most recent solve (forward or adjoint backward) in this context.
+
+    Per thread: autograd runs a CUDA backward pass on its own worker thread, so after
+    ``loss.backward()`` on CUDA this is still the forward solve's. ``track_stats`` counts both
+    phases on every device (the backward reports to the blocks active at its forward solve).
+    """
     return _LAST.get()
