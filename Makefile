@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
 SEEDS ?= 0
+# profile=fast is a Table 1 protocol: with PROFILE=fast the MLP row trains on the paper profile (minutes
+# on a CPU), the conv rows on fast in PRECISION, and the other experiments on quick.
+PRECISION ?= $(if $(filter fast,$(PROFILE)),bf16-mixed,32)
+OTHER_PROFILE := $(if $(filter fast,$(PROFILE)),quick,$(PROFILE))
 
 .PHONY: install test test-all reproduce table1 reference depth figure3 table2 flows table plot bench data clean
 
@@ -26,11 +30,16 @@ test-all: $(STAMP)
 data: $(STAMP)
 	$(BIN)/noderun data
 
-## Everything: Table 1, depth, Figure 3, Table 2, the flows, then tables and figures. PROFILE=quick|paper, SEEDS=0,1,2
+## Everything: Table 1, depth, Figure 3, Table 2, the flows, then tables and figures. PROFILE=quick|fast|paper, SEEDS=0,1,2
 reproduce: $(STAMP) data table1 depth figure3 table2 flows table plot
 
 table1: $(STAMP)
+ifeq ($(PROFILE),fast)
+	$(BIN)/noderun train -m model=mlp profile=paper seed=$(SEEDS)
+	$(BIN)/noderun train -m model=resnet,rknet,odenet profile=fast precision=$(PRECISION) seed=$(SEEDS)
+else
 	$(BIN)/noderun train -m model=mlp,resnet,rknet,odenet profile=$(PROFILE) seed=$(SEEDS)
+endif
 
 ## Table 1's ODE-Net as the reference implementation (torchdiffeq, time as a concatenated channel):
 ## rows in results/reference.csv, compared by `noderun table` with Table 1's ODE-Net; not part of reproduce.
@@ -38,8 +47,8 @@ reference: $(STAMP)
 	$(BIN)/noderun train model=odenet model.time_channel=concat solver.backend=torchdiffeq experiment_name=reference profile=$(PROFILE) seed=$(SEEDS)
 
 depth: $(STAMP)
-	$(BIN)/noderun train -m experiment=depth_resnet profile=$(PROFILE) seed=$(SEEDS)
-	$(BIN)/noderun train -m experiment=depth_ode profile=$(PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=depth_resnet profile=$(OTHER_PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=depth_ode profile=$(OTHER_PROFILE) seed=$(SEEDS)
 
 ## Figure 3 (a)-(c): tolerance sweep of the ODE-Net that table1 trained.
 figure3: $(STAMP)
@@ -47,14 +56,14 @@ figure3: $(STAMP)
 
 ## Table 2: latent ODE and RNN on spirals with 30, 50 and 100 observations.
 table2: $(STAMP)
-	$(BIN)/noderun train -m experiment=latent_ode,rnn_spirals dataset.n_obs=30,50,100 profile=$(PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=latent_ode,rnn_spirals dataset.n_obs=30,50,100 profile=$(OTHER_PROFILE) seed=$(SEEDS)
 
 ## Figures 4 and 5: planar NF and planar CNF, density matching and maximum likelihood.
 flows: $(STAMP)
-	$(BIN)/noderun train -m experiment=density_nf profile=$(PROFILE) seed=$(SEEDS)
-	$(BIN)/noderun train -m experiment=density_cnf profile=$(PROFILE) seed=$(SEEDS)
-	$(BIN)/noderun train -m experiment=mle_nf profile=$(PROFILE) seed=$(SEEDS)
-	$(BIN)/noderun train -m experiment=mle_cnf profile=$(PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=density_nf profile=$(OTHER_PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=density_cnf profile=$(OTHER_PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=mle_nf profile=$(OTHER_PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=mle_cnf profile=$(OTHER_PROFILE) seed=$(SEEDS)
 
 table: $(STAMP)
 	$(BIN)/noderun table

@@ -69,9 +69,14 @@ class ProfileConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    lr_schedule: str = "multistep"  # multistep: x lr_gamma at lr_milestones (epochs); cosine: per iteration to 0
+    # multistep: x lr_gamma at lr_milestones (epochs); cosine or linear: per iteration to 0, after the warm-up
+    lr_schedule: str = "multistep"
     lr_milestones: list[int] = field(default_factory=list)  # epochs at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0  # cosine / linear: lr rises linearly from 0 over this many epochs first
+    nesterov: bool = False  # Nesterov momentum
+    label_smoothing: float = 0.0  # of the training loss (the test loss is never smoothed)
+    ema_decay: Optional[float] = None  # evaluate an exponential moving average of the weights (per step)
     progress: bool = True
 
 
@@ -186,7 +191,7 @@ class SweepDatasetConfig:
 
     name: str = "mnist"
     test_size: Dict[str, Optional[int]] = field(
-        default_factory=lambda: {"smoke": 64, "quick": 256, "paper": None})  # per profile; None: all 10,000
+        default_factory=lambda: {"smoke": 64, "quick": 256, "fast": 1000, "paper": None})  # per profile; None: all 10,000
     batch_size: int = 128  # the training batch size: NFE per batch as in training
     reference_method: str = "dopri5"
     reference_rtol: float = 1e-8
@@ -213,6 +218,10 @@ class Config:
     # Seconds between the checkpoints written at step boundaries (besides every epoch's end and
     # Ctrl-C): a killed run loses at most this much work. 0: after every step.
     checkpoint_every_s: float = 300.0
+    # 32: float32 throughout (on CUDA also without TF32). bf16-mixed: convolutions and matrix products
+    # in bfloat16 under autocast, ODE states, solver error control, adjoint, loss and optimiser in
+    # float32 (the classification task; needs native bfloat16 hardware).
+    precision: str = "32"
 
 
 @dataclass

@@ -122,3 +122,26 @@ def cpu_threads(threads: int | None, device: torch.device):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` does bfloat16 arithmetic natively (CPU: AVX512-BF16 or AMX; CUDA: Ampere or newer)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@contextmanager
+def float32_matmuls(device: torch.device):
+    """On CUDA, float32 convolutions and matrix products in true float32 while open (PyTorch's default
+    runs convolutions in TF32, which moves tight-tolerance NFE and solver errors); bf16-mixed runs its
+    reduced-precision products under autocast, unaffected by this. Nothing to do on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous

@@ -61,6 +61,7 @@ class RunRecord:
     train_time_s: Optional[float] = None  # seconds of all training steps (evaluation and checkpoints not included)
     device: str = ""  # cpu, cuda
     device_name: str = ""  # CPU model (with torch's threads) or GPU name
+    precision: str = ""  # 32 (float32, no TF32) or bf16-mixed
     torch_version: str = ""
     git_commit: str = ""  # the commit the run started from; +dirty with local changes
     config: str = ""  # the resolved config, JSON

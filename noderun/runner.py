@@ -41,11 +41,13 @@ from noderun import distributed
 from noderun.checkpoint import RunDirectory, RunInterrupted, restore_rng_states, rng_states
 from noderun.distributed import World
 from noderun.errors import ConfigError
-from noderun.profiling import SavedTensorMeter, cpu_threads, device_name, git_commit, resolve_device, synchronize
+from noderun.profiling import (SavedTensorMeter, bf16_supported, cpu_threads, device_name, float32_matmuls, git_commit,
+                                resolve_device, synchronize)
 from noderun.results import COMMON_COLUMNS, RunRecord, append_row, check_writable
 from noderun.tasks import get_task, task_names
 from noderun.tasks.base import EpochSummary, Task
 
+PRECISIONS = ("32", "bf16-mixed")
 LOG_LINES = 10  # progress lines a run logs, evenly spaced over its steps
 NFE_WINDOW = 0.1  # nfe_forward / nfe_backward average the last 10 % of training iterations
 
@@ -71,6 +73,15 @@ def validate(cfg: DictConfig) -> type[Task]:
     if not (math.isfinite(cfg.checkpoint_every_s) and cfg.checkpoint_every_s >= 0):
         raise ConfigError(f"checkpoint_every_s={cfg.checkpoint_every_s!r} is invalid; it must be a number of "
                           "seconds >= 0 (0: a checkpoint after every step)")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r} is invalid; valid values: {list(PRECISIONS)}")
+    if cfg.precision not in task.precisions:
+        raise ConfigError(f"precision={cfg.precision} is not available for task={task.name}; "
+                          f"it takes: {list(task.precisions)}")
+    if cfg.precision == "bf16-mixed" and not bf16_supported(resolve_device(cfg.device)):
+        raise ConfigError("precision=bf16-mixed needs native bfloat16 arithmetic, which this device lacks "
+                          "(CPU: AVX512-BF16 or AMX; CUDA: compute capability 8.0 or newer): emulated it is "
+                          "slower than float32; use precision=32")
     task.validate(cfg)
     return task
 
@@ -109,7 +120,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     device = world.device(resolve_device(cfg.device))
     distributed.start(world, device)
     try:
-        with cpu_threads(task.cpu_threads(cfg), device):
+        with cpu_threads(task.cpu_threads(cfg), device), float32_matmuls(device):
             return _run(cfg, task, world, device, log)
     finally:
         distributed.stop(world)
@@ -127,7 +138,8 @@ def _run(cfg: DictConfig, task: type[Task], world: World, device: torch.device, 
     log = run_dir.tee(log)
     record = RunRecord(
         run_id=meta["run_id"], experiment=cfg.experiment_name, task=task.name, profile=cfg.profile.name,
-        seed=cfg.seed, device=device.type, device_name=device_name(device), torch_version=torch.__version__,
+        seed=cfg.seed, device=device.type, device_name=device_name(device), precision=cfg.precision,
+        torch_version=torch.__version__,
         git_commit=meta["git_commit"], config=json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
     )
     row = {**asdict(record), **task.describe(cfg)}
@@ -332,6 +344,7 @@ class Loop:
         task.optimizer.step()
         if task.scheduler is not None and task.scheduler_interval == "step":
             task.scheduler.step()
+        task.after_step()
         synchronize(device)
         if first:  # the first step also pays for one-time set-up: measured for memory, not timed
             state.memory_bytes = meter.bytes

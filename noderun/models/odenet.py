@@ -129,11 +129,32 @@ class ODEBlock(nn.Module):
         self.register_buffer("integration_times", torch.tensor([0.0, t1]), persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        device_type = h.device.type
+        func = self.func
+        if torch.is_autocast_enabled(device_type):
+            # Mixed precision: the dynamics' convolutions run in the caller's autocast dtype (bfloat16),
+            # in the forward solve and in the adjoint's backward solve alike, while the ODE state, the
+            # solver's combinations and error control and the adjoint state stay in float32.
+            func = _AutocastDynamics(self.func, device_type, torch.get_autocast_dtype(device_type))
+            h = h.float()
         t = self.integration_times.to(h.dtype)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        out = self.solver.solve(self.func, h, t)[-1]
+        with torch.autocast(device_type, enabled=False):
+            out = self.solver.solve(func, h, t)[-1]
         return out.contiguous() if self.channels_last else out
+
+
+class _AutocastDynamics(nn.Module):
+    """func under autocast to `dtype`, its output cast back to the state's dtype."""
+
+    def __init__(self, func: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.func, self.device_type, self.dtype = func, device_type, dtype
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.func(t, h).to(h.dtype)
 
 
 def build_odenet(

@@ -47,6 +47,7 @@ class Task:
         distributed: whether it runs under torchrun (several processes).
         tally_names: counts `loss` returns beside the loss, summed per epoch over every process;
             "samples", when present, weights the loss in the epoch's mean.
+        precisions: the `precision` values it implements.
 
     Attributes set by `__init__` (the runner checkpoints and restores them):
         model, optimizer (None for a task that does not train), scheduler (or None) stepped
@@ -58,6 +59,7 @@ class Task:
     columns: ClassVar[tuple[str, ...]] = ()
     distributed: ClassVar[bool] = False
     tally_names: ClassVar[tuple[str, ...]] = ()
+    precisions: ClassVar[tuple[str, ...]] = ("32",)  # the `precision` values it implements
 
     model: nn.Module
     optimizer: Optional[torch.optim.Optimizer] = None
@@ -101,6 +103,9 @@ class Task:
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict]:
         """(scalar loss to minimise, {tally name: count}) for one batch."""
         raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimiser (and scheduler) step, e.g. to update an average of the weights."""
 
     def end_epoch(self, summary: EpochSummary) -> Optional[str]:
         """Evaluate after an epoch if the task does; return a log line or None."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from noderun.models.solver import SolverSpec
 from noderun.tasks.base import EpochSummary, Task, require
 
 MNIST_TRAIN_SIZE = 60_000
-LR_SCHEDULES = ("multistep", "cosine")
+LR_SCHEDULES = ("multistep", "cosine", "linear")
 
 
 def final_weights_path(results_dir, experiment: str, model: str, profile: str, seed: int) -> Path:
@@ -33,13 +35,14 @@ def final_weights_path(results_dir, experiment: str, model: str, profile: str, s
     return Path(results_dir) / "checkpoints" / f"{experiment}-{model}-{profile}-seed{seed}.pt"
 
 
-def evaluate(model, images, labels, batch_size: int) -> tuple[int, float]:
+def evaluate(model, images, labels, batch_size: int, autocast=nullcontext) -> tuple[int, float]:
     """(wrong predictions, summed cross-entropy) on uint8 images [N, 28, 28] with labels [N]."""
     model.eval()
     wrong, loss_sum = 0, 0.0
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            logits = model(to_float(images[start : start + batch_size]))
+            with autocast():
+                logits = model(to_float(images[start : start + batch_size])).float()
             target = labels[start : start + batch_size]
             loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
             wrong += (logits.argmax(1) != target).sum().item()
@@ -50,6 +53,7 @@ def evaluate(model, images, labels, batch_size: int) -> tuple[int, float]:
 class ClassificationTask(Task):
     name = "classification"
     distributed = True
+    precisions = ("32", "bf16-mixed")
     tally_names = ("samples", "wrong")
     columns = (
         "train_size",  # training images used per epoch
@@ -78,6 +82,16 @@ class ClassificationTask(Task):
                 f"valid schedules: {list(LR_SCHEDULES)}")
         require(math.isfinite(profile.lr_gamma) and profile.lr_gamma > 0, "profile.lr_gamma", profile.lr_gamma,
                 "it must be a finite number > 0")
+        require(math.isfinite(profile.warmup_epochs) and 0 <= profile.warmup_epochs < profile.epochs,
+                "profile.warmup_epochs", profile.warmup_epochs, f"it must be in [0, profile.epochs={profile.epochs})")
+        require(profile.warmup_epochs == 0 or profile.lr_schedule != "multistep", "profile.warmup_epochs",
+                profile.warmup_epochs, "a warm-up goes with profile.lr_schedule=cosine or linear")
+        require(not profile.nesterov or profile.momentum > 0, "profile.nesterov", profile.nesterov,
+                "Nesterov momentum needs profile.momentum > 0")
+        require(0 <= profile.label_smoothing < 1, "profile.label_smoothing", profile.label_smoothing,
+                "it must be in [0, 1)")
+        require(profile.ema_decay is None or 0 < profile.ema_decay < 1, "profile.ema_decay", profile.ema_decay,
+                "it must be null (no average) or in (0, 1)")
         for key in ("train_size", "test_size"):
             value = profile[key]
             require(value is None or value >= 1, f"profile.{key}", value, "it must be null (all) or an integer >= 1")
@@ -131,21 +145,46 @@ class ClassificationTask(Task):
         self.solver = SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint)
         self.model = build_model(cfg.model, self.solver).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=profile.lr, momentum=profile.momentum,
-                                         weight_decay=profile.weight_decay)
+                                         weight_decay=profile.weight_decay, nesterov=profile.nesterov)
         self.epochs = profile.epochs
         self.steps_per_epoch = len(self.train_images) // profile.batch_size
-        if profile.lr_schedule == "cosine":  # per iteration to 0: short budgets
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=profile.epochs * self.steps_per_epoch)
-        else:  # the paper's x lr_gamma at the given epochs
-            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                self.optimizer, milestones=list(profile.lr_milestones), gamma=profile.lr_gamma)
+        self.scheduler = self.make_scheduler()
+        if profile.lr_schedule == "multistep":
             self.scheduler_interval = "epoch"
+        # Evaluated (and saved as the final weights) instead of the trained weights when set.
+        self.ema = None
+        if profile.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(profile.ema_decay),
+                                     use_buffers=True)
+        if cfg.precision == "bf16-mixed":  # autocast; the ODE blocks keep their states in float32
+            self.autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16)
+        else:
+            self.autocast = nullcontext
         self.local_rows = world.shard(profile.batch_size)  # this rank's rows of every global batch
         self.order = None  # int64 [train_size]: the epoch's permutation
         # Per-epoch curves and per-iteration NFE, saved with the final weights for the figures.
         self.history = {"epoch": [], "test_error": [], "train_error": [], "train_loss": [], "test_loss": [],
                         "epoch_time_s": [], "nfe_forward": [], "nfe_backward": []}
+
+    def make_scheduler(self):
+        """multistep: the paper's x lr_gamma at the given epochs. cosine or linear: per iteration to 0
+        (short budgets), after a linear warm-up from 0 over profile.warmup_epochs."""
+        profile, optimizer = self.cfg.profile, self.optimizer
+        sched = torch.optim.lr_scheduler
+        if profile.lr_schedule == "multistep":
+            return sched.MultiStepLR(optimizer, milestones=list(profile.lr_milestones), gamma=profile.lr_gamma)
+        total = profile.epochs * self.steps_per_epoch
+        warmup = round(profile.warmup_epochs * self.steps_per_epoch)
+        if profile.lr_schedule == "cosine":
+            decay = sched.CosineAnnealingLR(optimizer, T_max=total - warmup)
+        else:
+            decay = sched.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / (total - warmup)))
+        if warmup == 0:
+            return decay
+        rise = sched.LambdaLR(optimizer, lambda step: (step + 1) / (warmup + 1))
+        return sched.SequentialLR(optimizer, [rise, decay], milestones=[warmup])
 
     def summary(self) -> str:
         cfg, world = self.cfg, self.world
@@ -169,12 +208,24 @@ class ClassificationTask(Task):
 
     def loss(self, batch):
         x, y = batch
-        logits = self.model(x)
-        return F.cross_entropy(logits, y), {"samples": len(y), "wrong": (logits.argmax(1) != y).sum().item()}
+        with self.autocast():
+            logits = self.model(x).float()
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.profile.label_smoothing)
+        return loss, {"samples": len(y), "wrong": (logits.argmax(1) != y).sum().item()}
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights the test error is measured on: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def end_epoch(self, summary: EpochSummary) -> str:
-        wrong, loss_sum = self.world.sum(list(evaluate(self.model, self.test_images, self.test_labels,
-                                                       self.cfg.profile.eval_batch_size)), self.device)
+        wrong, loss_sum = self.world.sum(list(evaluate(self.evaluated_model, self.test_images, self.test_labels,
+                                                       self.cfg.profile.eval_batch_size, self.autocast)),
+                                         self.device)
         test_error, test_loss = 100.0 * wrong / self.test_count, loss_sum / self.test_count
         seen = summary.tallies["samples"]
         train_error, train_loss = 100.0 * summary.tallies["wrong"] / seen, summary.loss_sum / seen
@@ -210,13 +261,16 @@ class ClassificationTask(Task):
         path = final_weights_path(cfg.results_dir, cfg.experiment_name, cfg.model.name, cfg.profile.name, cfg.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        torch.save({"state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        weights = self.evaluated_model.state_dict()
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in weights.items()},
                     "config": OmegaConf.to_container(cfg, resolve=True), "history": self.history}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
         return path
 
     def state_dict(self) -> dict:
-        return {"order": self.order, "history": self.history}
+        return {"order": self.order, "history": self.history, "ema": self.ema.state_dict() if self.ema else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.order, self.history = state["order"], state["history"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
