@@ -11,6 +11,8 @@ median over the rounds after one warm-up iteration each.
    forward, cross-entropy, backward, SGD step, with every variant built from the Hydra
    config (`noderun train model=odenet ...`):
    - ours: the defaults of `model=odenet`;
+   - ours with `precision=bf16-mixed` (where the device has native bfloat16): the convolutions in
+     bfloat16 under autocast, the ODE state, solver and adjoint in float32, as training runs it;
    - reference: the network as published: `model.time_channel=concat model.channels_last=false
      model.conv_impl=torch solver.backend=torchdiffeq`, dopri5 at rtol = atol = 1e-3,
      adjoint, torchdiffeq's default adjoint norm;
@@ -64,7 +66,7 @@ from noderun.models.odenet import ConvODEFunc  # noqa: E402
 from noderun.ode import adjoint as native_adjoint  # noqa: E402
 from noderun.ode import odeint_adjoint as native_odeint_adjoint  # noqa: E402
 from noderun.ode import track_stats  # noqa: E402
-from noderun.profiling import SavedTensorMeter, device_name, git_commit, synchronize  # noqa: E402
+from noderun.profiling import SavedTensorMeter, bf16_supported, device_name, git_commit, synchronize  # noqa: E402
 
 CHECKPOINT = ROOT / "results" / "checkpoints" / "table1-odenet-quick-seed0.pt"
 REFERENCE = ["model.time_channel=concat", "model.channels_last=false", "model.conv_impl=torch", "solver.backend=torchdiffeq",
@@ -89,7 +91,8 @@ def describe(cfg, reuse_step: bool = True) -> str:
     s, m = cfg.solver, cfg.model
     first = "" if s.backend != "native" else (", bwd from fwd step" if reuse_step else ", bwd step selected")
     return (f"{s.backend}, {s.method} {s.rtol:g}, {'seminorm' if s.seminorm else 'default norm'}, "
-            f"{m.time_channel} time, {'channels_last' if m.channels_last else 'NCHW'}, {m.conv_impl} conv{first}")
+            f"{m.time_channel} time, {'channels_last' if m.channels_last else 'NCHW'}, {m.conv_impl} conv{first}"
+            + (f", {cfg.precision}" if cfg.precision != "32" else ""))
 
 
 @dataclass
@@ -127,9 +130,11 @@ def training_iteration(variant: Variant, state_dict, x, y, meter=None) -> float:
     native_adjoint.REUSE_FORWARD_STEP = variant.reuse_step
     synchronize(x.device)
     start = time.perf_counter()
+    mixed = variant.cfg.precision == "bf16-mixed"
     with track_stats() as stats:
         with meter if meter is not None else nullcontext():
-            logits = model(x)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed):  # as the classification task
+                logits = model(x).float()
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,6 +231,10 @@ def bench_training(state_dict, label, batch, args, log) -> tuple[list, list]:
     ours = Variant("ours (defaults)", [])
     reference = Variant("reference", REFERENCE)
     variants = [ours, reference]
+    if bf16_supported(x.device):
+        variants.append(Variant("ours, precision=bf16-mixed", ["precision=bf16-mixed"]))
+    else:
+        log(f"  [{label}] no native bfloat16 on {x.device}: precision=bf16-mixed not timed")
     levers = []
     if args.levers:
         levers = lever_variants(compose([]), args.compile)

@@ -133,3 +133,17 @@ def test_depth_table_fits_slopes(tmp_path):
     assert "524,288" in text  # 0.5 MiB per block
     odenet_fit = [line for line in text.splitlines() if line.startswith("| ODE-Net") and "evaluation" in line][0]
     assert "| 0 " in odenet_fit and "0.0" in odenet_fit
+
+
+def test_the_fast_table_takes_the_mlp_row_of_the_paper_profile(tmp_path):
+    path = tmp_path / "table1.csv"
+    append_row(path, row(run_id="mlp", profile="paper", test_error=1.71, train_time_s=420.0), COLUMNS)
+    append_row(path, row(run_id="mlp-fast", profile="fast", test_error=9.99, train_time_s=60.0), COLUMNS)
+    append_row(path, row(run_id="ode", model="odenet", profile="fast", test_error=0.5, train_time_s=1500.0,
+                         precision="bf16-mixed", nfe_forward=26.0, nfe_backward=14.0), COLUMNS)
+    text = render_all(read_results(tmp_path), "fast")
+    mlp = next(line for line in text.splitlines() if line.startswith("| 1-Layer MLP"))
+    assert "(paper)" in mlp and "1.71" in mlp and "9.99" not in text and "| 7.0 " in mlp  # 420 s = 7.0 min
+    ode = next(line for line in text.splitlines() if line.startswith("| ODE-Net"))
+    assert "0.50" in ode and "bf16-mixed" in ode and "| 25.0 " in ode
+    assert "Simard et al. 2003" in text

@@ -1,7 +1,8 @@
 """The paper's tables and figures from result rows: what `noderun table` and `noderun plot` print and draw.
 
 One module per experiment family, each with `TASK` (the `task` column of its rows),
-`render(rows, profile) -> [(title, markdown)]` and `figures(results_dir) -> [PNG paths]`.
+`render(rows, profile) -> [(title, markdown)]` and `figures(results_dir) -> [PNG paths]`; a
+family whose tables also draw on other profiles' rows says which with `rows_for(rows, profile)`.
 Reporting reads result CSVs (noderun.results) and the files runs saved; it never imports
 the training code, and matplotlib only when a figure is drawn.
 """
@@ -32,6 +33,8 @@ def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:
         machines = ", ".join(sorted(rows["device_name"].dropna().unique())) or "-"
         for family in SECTIONS:
             family_rows = rows[rows["task"] == family.TASK]
+            if hasattr(family, "rows_for"):  # a family whose tables also draw on another profile's rows
+                family_rows = family.rows_for(frame[frame["task"] == family.TASK], name)
             if family_rows.empty:
                 continue
             for title, text in family.render(family_rows, name):
