@@ -147,3 +147,23 @@ def test_the_fast_table_takes_the_mlp_row_of_the_paper_profile(tmp_path):
     ode = next(line for line in text.splitlines() if line.startswith("| ODE-Net"))
     assert "0.50" in ode and "bf16-mixed" in ode and "| 25.0 " in ode
     assert "Simard et al. 2003" in text
+
+
+def test_the_settings_table_keeps_one_row_per_ablation_setting(tmp_path):
+    import json
+
+    def config(**profile):
+        return json.dumps({"profile": {"epochs": 5, "lr_schedule": "linear", "warmup_epochs": 0.5, "nesterov": True,
+                                       "weight_decay": 5e-4, "label_smoothing": 0.1, "ema_decay": 0.998, **profile}})
+
+    path, ablation = tmp_path / "table1.csv", tmp_path / "fast_ablation.csv"
+    append_row(path, row(run_id="a", model="resnet", profile="fast", test_error=0.46, train_time_s=400.0,
+                         config=config()), COLUMNS)
+    append_row(ablation, row(run_id="b", experiment="fast_ablation", model="resnet", profile="fast", test_error=0.5,
+                             train_time_s=400.0, config=config(ema_decay=None)), COLUMNS)
+    append_row(ablation, row(run_id="c", experiment="fast_ablation", model="resnet", profile="fast", test_error=0.6,
+                             train_time_s=400.0, config=config(label_smoothing=0.0)), COLUMNS)
+    text = render_all(read_results(tmp_path), "fast")
+    settings = text.split("Table 1 settings, profile=fast")[1]
+    assert [line.split("|")[2].strip() for line in settings.splitlines() if line.startswith("| ResNet")] == [
+        "fast_ablation", "fast_ablation", "table1"]

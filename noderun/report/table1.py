@@ -173,8 +173,9 @@ SETTINGS = (("epochs", "epochs"), ("lr_schedule", "schedule"), ("warmup_epochs",
 def render_settings(frame: pd.DataFrame, profile: str) -> str:
     """Every finished run of Table 1 and of `experiment_name=<profile>_ablation` on this profile, with its
     training settings: what each setting does to the test error and the minutes of training."""
-    runs = latest_cells(frame[frame["experiment"].isin(["table1", f"{profile}_ablation"])
-                              & (frame["profile"] == profile)])
+    # one row per distinct configuration: ablation rows differ only in settings that CELL_KEY does not name
+    runs = latest_per_cell(frame[frame["experiment"].isin(["table1", f"{profile}_ablation"])
+                                 & (frame["profile"] == profile)], ["experiment", "config"])
     runs = runs[runs["status"] == "ok"]
     if runs.empty or not (runs["experiment"] == f"{profile}_ablation").any():
         return f"(no rows of experiment_name={profile}_ablation)"
