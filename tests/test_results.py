@@ -164,6 +164,6 @@ def test_the_settings_table_keeps_one_row_per_ablation_setting(tmp_path):
     append_row(ablation, row(run_id="c", experiment="fast_ablation", model="resnet", profile="fast", test_error=0.6,
                              train_time_s=400.0, config=config(label_smoothing=0.0)), COLUMNS)
     text = render_all(read_results(tmp_path), "fast")
-    settings = text.split("Table 1 settings, profile=fast")[1]
+    settings = text.split("Table 1 settings")[1]
     assert [line.split("|")[2].strip() for line in settings.splitlines() if line.startswith("| ResNet")] == [
         "fast_ablation", "fast_ablation", "table1"]

@@ -194,7 +194,7 @@ def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
     sections = [("Table 1 (MNIST)", render_table1(rows, profile))]
     settings = render_settings(rows, profile)
     if not settings.startswith("("):
-        sections.append((f"Table 1 settings, profile={profile}: test error and minutes", settings))
+        sections.append(("Table 1 settings: test error and minutes", settings))
     depth = render_depth(rows, profile)
     if not depth.startswith("("):
         sections.append(("Memory and time against depth", depth))
