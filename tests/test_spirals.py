@@ -167,7 +167,7 @@ def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tm
     assert ode["nfe_forward"] > 0 and ode["method"] == "dopri5" and rnn["nfe_forward"] == 0
     assert rows[0]["test_rmse"] == pytest.approx(ode["test_rmse"])
     assert sorted(p.name for p in (tmp_path / "spirals").iterdir()) == [
-        "smoke_n30_latent_ode_seed0.npz", "smoke_n30_rnn_seed0.npz"]
+        "smoke_n30_noise0.3_latent_ode_seed0.npz", "smoke_n30_noise0.3_rnn_seed0.npz"]
     written = figures(tmp_path)
     assert [p.name for p in written] == ["spirals_smoke_n30.png"] and written[0].stat().st_size > 0
 

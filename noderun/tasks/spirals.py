@@ -23,12 +23,23 @@ from noderun.tasks.base import Task, require
 MODELS = ("latent_ode", "rnn")
 CELLS = ("gru", "rnn")
 PAPER_N_OBS = (30, 50, 100)
-FIGURE_TRAJECTORIES = 4  # test trajectories each run keeps for the figure
+FIGURE_TRAJECTORIES = 4  # test trajectories each run keeps for the figure: the first ones and the worst ones
+# The latent ODE trains and extrapolates at the tolerances of its solver config; every run also
+# re-solves the test extrapolation at this tolerance (rtol = atol) and records that RMSE beside.
+TIGHT_TOLERANCE = 1e-7
 
 
-def predictions_path(results_dir, profile: str, n_obs: int, model: str, seed: int) -> Path:
-    """The test trajectories and a run's predictions, for the Figure 8 panels of `noderun plot`."""
-    return Path(results_dir) / "spirals" / f"{profile}_n{n_obs}_{model}_seed{seed}.npz"
+def method_label(model: str, consistency: float | None) -> str:
+    """What a run trained: `rnn`, `latent_ode_elbo` (the paper's objective, consistency 0) or
+    `latent_ode` (the ELBO plus noderun's suffix-consistency term)."""
+    if model == "latent_ode" and not consistency:
+        return "latent_ode_elbo"
+    return model
+
+
+def predictions_path(results_dir, profile: str, n_obs: int, noise_std: float, label: str, seed: int) -> Path:
+    """A run's test predictions (some trajectories) and its per-trajectory RMSE, for `noderun plot`."""
+    return Path(results_dir) / "spirals" / f"{profile}_n{n_obs}_noise{noise_std:g}_{label}_seed{seed}.npz"
 
 
 def solver_spec(cfg: DictConfig) -> SolverSpec:
@@ -44,9 +55,11 @@ class SpiralsTask(Task):
         "n_train",  # training trajectories
         "n_test",  # test trajectories
         "noise_std",  # observation noise of the data
+        "consistency",  # latent ODE: weight of the suffix-consistency term (0: the paper's ELBO); RNN: empty
         "final_loss",  # training loss (negative ELBO or NLL per trajectory) of the last iteration
         "test_rmse",  # RMSE on the extrapolation window of the test trajectories (noiseless targets)
         "test_rmse_median",  # median over test trajectories of each one's RMSE there: the typical trajectory
+        "test_rmse_tight",  # latent ODE: test_rmse with the extrapolation re-solved at rtol = atol = 1e-7
     )
 
     @classmethod
@@ -98,8 +111,10 @@ class SpiralsTask(Task):
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
         solver = solver_spec(cfg).describe() if cfg.model.name == "latent_ode" else {}
+        consistency = cfg.model.consistency if cfg.model.name == "latent_ode" else None
         return {"model": cfg.model.name, "dataset": cfg.dataset.name, **solver, "n_obs": cfg.dataset.n_obs,
                 "iterations": int(cfg.model.iterations[cfg.profile.name]), "noise_std": cfg.dataset.noise_std,
+                "consistency": consistency,
                 "n_train": cfg.dataset.n_train, "n_test": cfg.dataset.n_spirals - cfg.dataset.n_train}
 
     @classmethod
@@ -155,25 +170,45 @@ class SpiralsTask(Task):
     def finish(self, final_loss: float) -> dict:
         cfg, test = self.cfg, self.test
         prediction = self.forecast(test)[:, test.n_steps :]
+        per_trajectory = trajectory_rmse(prediction, test.extrapolation_truth)
         test_rmse = rmse(prediction, test.extrapolation_truth)
-        median_rmse = float(trajectory_rmse(prediction, test.extrapolation_truth).median())
-        self.save_predictions()
-        self.log(f"[noderun] {cfg.model.name} n_obs={cfg.dataset.n_obs}: test RMSE {test_rmse:.4f} "
-                 f"(median trajectory {median_rmse:.4f})")
-        return {"final_loss": round(final_loss, 5), "test_rmse": round(test_rmse, 5),
-                "test_rmse_median": round(median_rmse, 5)}
+        median_rmse = float(per_trajectory.median())
+        row = {"final_loss": round(final_loss, 5), "test_rmse": round(test_rmse, 5),
+               "test_rmse_median": round(median_rmse, 5)}
+        text = f"test RMSE {test_rmse:.4f} (median trajectory {median_rmse:.4f})"
+        if cfg.model.name == "latent_ode":
+            trained_solver = self.model.solver
+            self.model.solver = trained_solver.replace(rtol=TIGHT_TOLERANCE, atol=TIGHT_TOLERANCE)
+            try:
+                tight = rmse(self.forecast(test)[:, test.n_steps :], test.extrapolation_truth)
+            finally:
+                self.model.solver = trained_solver
+            row["test_rmse_tight"] = round(tight, 5)
+            text += f", {tight:.4f} re-solved at tolerance {TIGHT_TOLERANCE:g}"
+        self.save_predictions(per_trajectory)
+        self.log(f"[noderun] {cfg.model.name} n_obs={cfg.dataset.n_obs}: {text}")
+        return row
 
-    def save_predictions(self) -> Path:
-        """The first test trajectories and the model's positions on their whole grid (NaN where it
-        predicts nothing), for the figure."""
+    def save_predictions(self, per_trajectory: torch.Tensor) -> Path:
+        """The model's positions on the whole grid (NaN where it predicts nothing) for the first and the
+        worst (highest RMSE) test trajectories, and every test trajectory's RMSE [n_test], for the figures."""
         cfg = self.cfg
-        part = self.test.subset(slice(0, FIGURE_TRAJECTORIES))
-        pred = self.forecast(part)
-        path = predictions_path(cfg.results_dir, cfg.profile.name, cfg.dataset.n_obs, cfg.model.name, cfg.seed)
+        worst = torch.argsort(per_trajectory.cpu(), descending=True)[:FIGURE_TRAJECTORIES]
+        arrays = {"trajectory_rmse": per_trajectory.cpu().numpy(), "worst_index": worst.numpy(),
+                  "n_steps": self.test.n_steps}
+        for prefix, index in (("", torch.arange(FIGURE_TRAJECTORIES)), ("worst_", worst)):
+            part = self.test.subset(index.to(self.device))
+            arrays.update({prefix + "truth": part.truth.cpu().numpy(),
+                           prefix + "obs_times": part.obs_times.cpu().numpy(),
+                           prefix + "obs_values": part.obs_values.cpu().numpy(),
+                           prefix + "pred": self.forecast(part).cpu().numpy()})
+        consistency = cfg.model.consistency if cfg.model.name == "latent_ode" else None
+        label = method_label(cfg.model.name, consistency)
+        path = predictions_path(cfg.results_dir, cfg.profile.name, cfg.dataset.n_obs, cfg.dataset.noise_std,
+                                label, cfg.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, times=part.times.cpu().numpy(), truth=part.truth.cpu().numpy(),
-                 obs_times=part.obs_times.cpu().numpy(), obs_values=part.obs_values.cpu().numpy(),
-                 pred_times=part.times.cpu().numpy(), pred=pred.cpu().numpy(), n_steps=part.n_steps)
+        np.savez(tmp, times=self.test.times.cpu().numpy(), profile=cfg.profile.name, n_obs=cfg.dataset.n_obs,
+                 noise_std=cfg.dataset.noise_std, label=label, seed=cfg.seed, **arrays)
         tmp.replace(path)
         return path
