@@ -14,7 +14,8 @@ from noderun.errors import ConfigError
 from noderun.models.latent_ode import LatentODE, RNNBaseline
 from noderun.results import COMMON_COLUMNS
 from noderun.models.solver import SolverSpec
-from noderun.report.table2 import PAPER_TABLE2, figures, render_table2
+from noderun.report.table2 import (PAPER_TABLE2, figures, render_comparison, render_noise, render_table2,
+                                   render_tolerance, with_methods)
 from noderun.tasks.spirals import SpiralsTask
 
 COLUMNS = SpiralsTask.columns
@@ -166,6 +167,9 @@ def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tm
     ode, rnn = frame.iloc[0], frame.iloc[1]
     assert ode["nfe_forward"] > 0 and ode["method"] == "dopri5" and rnn["nfe_forward"] == 0
     assert rows[0]["test_rmse"] == pytest.approx(ode["test_rmse"])
+    assert ode["consistency"] == 10.0 and math.isnan(rnn["consistency"])
+    # the extrapolation re-solved at 1e-7: a number of its own for the latent ODE, none for the RNN
+    assert ode["test_rmse_tight"] > 0 and math.isnan(rnn["test_rmse_tight"])
     assert sorted(p.name for p in (tmp_path / "spirals").iterdir()) == [
         "smoke_n30_noise0.3_latent_ode_seed0.npz", "smoke_n30_noise0.3_rnn_seed0.npz"]
     written = figures(tmp_path)
@@ -193,22 +197,64 @@ def test_invalid_values_are_rejected(compose_config, overrides, message):
         validate(compose_config(overrides))
 
 
-def _row(model, n_obs, rmse_value, seed=0, status="ok"):
-    return {"model": model, "n_obs": n_obs, "test_rmse": rmse_value, "seed": seed, "status": status,
-            "profile": "quick"}
+def _row(model, n_obs, rmse_value, seed=0, status="ok", consistency=None, noise=0.3, tight=None):
+    if model == "latent_ode" and consistency is None:
+        consistency = 0.0
+    return {"model": model, "n_obs": n_obs, "test_rmse": rmse_value, "test_rmse_median": rmse_value, "seed": seed,
+            "status": status, "profile": "quick", "consistency": consistency, "noise_std": noise,
+            "timestamp": f"2026-01-01T00:00:{seed:02d}", "config": None, "method": "dopri5", "rtol": 0.01,
+            "atol": 0.001, "test_rmse_tight": tight}
 
 
-def test_table_renders_mean_std_paper_values_and_missing_cells():
-    frame = pd.DataFrame([_row("latent_ode", 30, 0.2, 0), _row("latent_ode", 30, 0.4, 1),
-                          _row("rnn", 100, 0.5), _row("rnn", 50, None, status="failed: diverged")])
-    text = render_table2(frame, "quick")
-    lines = text.splitlines()
+def test_table_renders_each_method_as_its_own_row_with_mean_std_paper_values_and_missing_cells():
+    frame = with_methods(pd.DataFrame([
+        _row("latent_ode", 30, 0.2, 0), _row("latent_ode", 30, 0.4, 1), _row("latent_ode", 30, 0.1, 0, consistency=10.0),
+        _row("rnn", 100, 0.5), _row("rnn", 50, None, status="failed: diverged")]))
+    lines = render_table2(frame).splitlines()
     rnn = next(line for line in lines if line.startswith("| RNN"))
-    ode = next(line for line in lines if line.startswith("| Latent ODE"))
-    assert "0.3000 ± 0.1414" in ode and ode.count("not run") == 2
+    elbo = next(line for line in lines if line.startswith("| Latent ODE, ELBO only (paper's method)"))
+    ours = next(line for line in lines if line.startswith("| Latent ODE + suffix consistency, weight 10 (noderun)"))
+    assert "0.3000 ± 0.1414" in elbo and elbo.count("not run") == 2 and "2/0/0" in elbo
+    assert "0.1000" in ours and "0.3000" not in ours
     assert "0.5000" in rnn and "failed" in rnn and rnn.count("not run") == 1
-    for model, paper in PAPER_TABLE2.items():
-        line = rnn if model == "rnn" else ode
-        assert all(f"{paper[n]:.4f}" in line for n in (30, 50, 100))
-    empty = render_table2(pd.DataFrame(columns=["model", "n_obs", "test_rmse", "status", "profile"]), "quick")
+    for variant, paper in PAPER_TABLE2.items():
+        line = rnn if variant == "rnn" else elbo
+        assert " / ".join(f"{paper[n]:.4f}" for n in (30, 50, 100)) in line
+    assert any(line.startswith("| Oracle") for line in lines)  # reference rows ('-' without a dataset config)
+    empty = render_table2(with_methods(pd.DataFrame(columns=list(_row("rnn", 30, 0.1)))))
     assert empty.count("not run") == 6
+
+
+def test_latent_ode_rows_without_a_consistency_weight_are_left_out():
+    frame = pd.DataFrame([_row("latent_ode", 30, 0.2), _row("rnn", 30, 0.5)])
+    frame.loc[0, "consistency"] = None
+    frame.loc[0, "config"] = '{"model": {"name": "latent_ode"}}'
+    assert list(with_methods(frame)["variant"]) == ["rnn"]
+    frame.loc[0, "config"] = '{"model": {"name": "latent_ode", "consistency": 3.0}}'
+    assert list(with_methods(frame)["variant"]) == ["latent_ode:3", "rnn"]
+
+
+def test_comparison_states_where_the_papers_model_loses_to_the_rnn():
+    frame = with_methods(pd.DataFrame([_row("latent_ode", 30, 0.2, 0), _row("latent_ode", 30, 0.4, 1),
+                                       _row("rnn", 30, 0.6, 0), _row("rnn", 30, 0.3, 1),
+                                       _row("latent_ode", 50, 0.9, 0), _row("rnn", 50, 0.3, 0)]))
+    lines = render_comparison(frame).splitlines()
+    assert lines[0].startswith("- n=30: latent ODE (ELBO only) 0.3000 against RNN 0.4500: 0.67x, lower")
+    assert "lower on 1 of 2 shared seeds" in lines[0]
+    assert lines[1].startswith("- n=50: latent ODE (ELBO only) 0.9000 against RNN 0.3000: 3.00x, higher")
+
+
+def test_tolerance_line_reports_the_largest_change_of_the_re_solved_rmse():
+    frame = with_methods(pd.DataFrame([_row("latent_ode", 30, 0.2, 0, tight=0.21), _row("latent_ode", 30, 0.4, 1, tight=0.4),
+                                       _row("latent_ode", 50, 0.4, 2)]))
+    text = render_tolerance(frame)
+    assert "dopri5 at rtol 0.01, atol 0.001" in text and "of 2 runs changes by at most 0.01 (5% of it" in text
+
+
+def test_noise_table_appears_with_rows_at_another_noise_and_shows_references():
+    main = [_row("latent_ode", 50, 0.3), _row("rnn", 50, 0.6)]
+    assert render_noise(with_methods(pd.DataFrame(main))) == ""
+    text = render_noise(with_methods(pd.DataFrame(main + [_row("latent_ode", 50, 0.1, noise=0.1)])))
+    elbo = next(line for line in text.splitlines() if line.startswith("| Latent ODE, ELBO only"))
+    assert "0.3000" in elbo and "0.1000" in elbo and "| noise 0.3 " in text and "| noise 0.1 " in text
+    assert "| RNN" not in text and "Last observation held" in text  # a method without rows at noise 0.1 is not shown
