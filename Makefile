@@ -54,9 +54,15 @@ depth: $(STAMP)
 figure3: $(STAMP)
 	$(BIN)/noderun train -m experiment=figure3 profile=$(PROFILE) seed=$(SEEDS)
 
-## Table 2: latent ODE and RNN on spirals with 30, 50 and 100 observations.
+## Table 2 on spirals with 30, 50 and 100 observations: the RNN, the paper's latent ODE (ELBO only)
+## and noderun's (with the consistency term), on TABLE2_SEEDS (SEEDS when given, else quick 0-4,
+## paper 0-2); then the noise-sensitivity rows: observation noise 0.1, 50 observations, 3 seeds.
+TABLE2_QUICK_SEEDS := 0,1,2,3,4
+TABLE2_PAPER_SEEDS := 0,1,2
+TABLE2_SEEDS ?= $(if $(filter command line,$(origin SEEDS)),$(SEEDS),$(if $(filter paper,$(OTHER_PROFILE)),$(TABLE2_PAPER_SEEDS),$(TABLE2_QUICK_SEEDS)))
 table2: $(STAMP)
-	$(BIN)/noderun train -m experiment=latent_ode,rnn_spirals dataset.n_obs=30,50,100 profile=$(OTHER_PROFILE) seed=$(SEEDS)
+	$(BIN)/noderun train -m experiment=latent_ode,latent_ode_elbo,rnn_spirals dataset.n_obs=30,50,100 profile=$(OTHER_PROFILE) seed=$(TABLE2_SEEDS)
+	$(BIN)/noderun train -m experiment=latent_ode,latent_ode_elbo,rnn_spirals dataset.noise_std=0.1 dataset.n_obs=50 profile=$(OTHER_PROFILE) seed=$(TABLE2_PAPER_SEEDS)
 
 ## Figures 4 and 5: planar NF and planar CNF, density matching and maximum likelihood.
 flows: $(STAMP)
