@@ -68,8 +68,8 @@ class LatentODE(nn.Module):
     The term asks the latent state at a given point of a spiral to be the same whether the
     path reached it or a recognition pass started there. Without it nothing makes the latent paths
     of trajectories that start at different points of the spiral meet, so the dynamics beyond the
-    end of each training window, which extrapolation uses, can go untrained (the README shows the
-    runaway extrapolations this caused). It is not in Chen et al. (2018); consistency=0 gives
+    end of each training window, which extrapolation uses, can go untrained (docs/experiments/spirals.md shows the
+    runaway extrapolations of the ELBO-only model). It is not in Chen et al. (2018); consistency=0 gives
     their objective.
     """
 
