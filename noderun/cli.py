@@ -30,6 +30,109 @@ commands:
 
 `noderun <command> --help` lists the config groups and options."""
 
+TRAIN_USAGE = """usage: noderun train [-m] [GROUP=OPTION ...] [KEY=VALUE ...]
+
+Train one model and append its result row to <results_dir>/<experiment_name>.csv. With -m
+(--multirun), a Hydra sweep over comma-separated values: noderun train -m model=mlp,resnet seed=0,1,2"""
+
+# The config file each command composes (under conf/).
+CONFIG_NAMES = {"train": "config", "table": "table", "data": "data", "plot": "table"}
+# The configs of table, plot and data live apart from train's groups, so that `noderun table
+# profile=paper` sets the table's `profile` key instead of naming train's profile group.
+COMMANDS_CONF_DIR = CONF_DIR / "commands"
+CONFIG_DIRS = {"train": CONF_DIR, "table": COMMANDS_CONF_DIR, "data": COMMANDS_CONF_DIR, "plot": COMMANDS_CONF_DIR}
+# Hydra's flags that print something and run nothing: no default profile is added, no override check.
+HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+
+
+# ------------------------------------------------------------------ help from conf/
+
+
+def describe(path: Path) -> str:
+    """A config file's one-line description: the first line of its leading comment block (Hydra's
+    `# @package` directive left out), marked `...` where the sentence goes on in the next line."""
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if text and not text.startswith("@package"):
+            lines.append(text)
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(lines) > 1 and not first.endswith((".", "!", "?")):
+        first = first.rstrip(",;:") + " ..."
+    return first
+
+
+def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """Every config group under conf_dir (`model`, `hydra/launcher`, ...) with its options, sorted."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        if path.parent == conf_dir:
+            continue  # the primary configs (config, table, data), not a group's options
+        group = path.parent.relative_to(conf_dir).as_posix()
+        groups.setdefault(group, []).append(path.stem)
+    return groups
+
+
+def group_defaults(conf_dir: Path = CONF_DIR) -> dict[str, str]:
+    """The option each group takes in conf/config.yaml's defaults list when none is given."""
+    from omegaconf import OmegaConf
+
+    defaults = {}
+    for entry in OmegaConf.load(conf_dir / "config.yaml").get("defaults", []):
+        if isinstance(entry, str) or not hasattr(entry, "items"):
+            continue
+        for key, value in entry.items():
+            group = str(key).split()[-1]  # "optional experiment" -> "experiment"
+            if value is not None:
+                defaults[group] = str(value)
+    return defaults
+
+
+def _described(group: str, conf_dir: Path) -> list[str]:
+    paths = sorted((conf_dir / group).glob("*.yaml"))
+    width = max((len(path.stem) for path in paths), default=0)
+    return [f"  {path.stem:<{width}}  {describe(path)}".rstrip() for path in paths]
+
+
+def listing(conf_dir: Path = CONF_DIR) -> str:
+    """The experiments and profiles under conf_dir, one line each with its description."""
+    return "\n".join([
+        "experiments (noderun train experiment=NAME; -m where the experiment is a sweep):",
+        *_described("experiment", conf_dir),
+        "",
+        "profiles (profile=NAME; without one: paper when the run is on CUDA, quick otherwise):",
+        *_described("profile", conf_dir),
+    ])
+
+
+def usage(conf_dir: Path = CONF_DIR) -> str:
+    """`noderun --help`: the commands, then the experiments and profiles that conf_dir holds."""
+    return f"{USAGE}\n\n{listing(conf_dir)}"
+
+
+def train_help(conf_dir: Path = CONF_DIR) -> str:
+    """`noderun train --help`: usage, every config group with its options, the experiments and
+    profiles with their descriptions, read from conf_dir when asked (a new file is listed at once)."""
+    groups, defaults = config_groups(conf_dir), group_defaults(conf_dir)
+    shown = [group for group in groups if group not in ("experiment", "profile")]
+    width = max((len(group) for group in shown), default=0)
+    lines = [TRAIN_USAGE, "", "config groups (GROUP=OPTION; the default is marked *):"]
+    for group in shown:
+        options = ", ".join(option + ("*" if defaults.get(group) == option else "") for option in groups[group])
+        note = "  (with -m; Hydra's launcher plugins add more)" if group.startswith("hydra/") else ""
+        lines.append(f"  {group:<{width}}  {options}{note}")
+    lines += ["", listing(conf_dir), "",
+              "Any value of the composed config is set as KEY=VALUE, e.g. solver.rtol=1e-4 seed=1 device=cpu.",
+              "  noderun train --cfg job [overrides]   print the composed config (all keys and their values)",
+              "  noderun train --hydra-help            Hydra's own flags"]
+    return "\n".join(lines)
+
+
 # Errors whose message is the whole story: print one line, exit 2.
 def _user_errors() -> tuple[type[BaseException], ...]:
     from noderun.checkpoint import CheckpointError
@@ -46,7 +149,7 @@ def _fail(error: BaseException, code: int = 2) -> None:
     sys.exit(code)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAMES["train"])
 def train_command(cfg: DictConfig) -> None:
     from tqdm import tqdm
 
@@ -65,7 +168,7 @@ def train_command(cfg: DictConfig) -> None:
         _fail(error, code=1)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="table")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIRS["table"]), config_name=CONFIG_NAMES["table"])
 def table_command(cfg: DictConfig) -> None:
     from noderun.report import render_all
     from noderun.results import read_results
@@ -81,7 +184,7 @@ def table_command(cfg: DictConfig) -> None:
         print(f"[noderun] wrote {out}")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="data")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIRS["data"]), config_name=CONFIG_NAMES["data"])
 def data_command(cfg: DictConfig) -> None:
     from noderun.data.mnist import ensure_mnist
 
@@ -92,7 +195,7 @@ def data_command(cfg: DictConfig) -> None:
     print(f"[noderun] MNIST ready in {folder}")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="table")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIRS["plot"]), config_name=CONFIG_NAMES["plot"])
 def plot_command(cfg: DictConfig) -> None:
     from noderun.report import write_figures
 
@@ -131,6 +234,20 @@ def one_line(error: BaseException) -> str:
     return "; ".join(parts) or type(error).__name__
 
 
+def unknown_option(override: str, conf_dir: Path = CONF_DIR) -> str | None:
+    """The reason `group=option` names no conf/<group>/<option>.yaml, else None. Hydra says nothing for
+    an optional group (`optional experiment` in conf/config.yaml): without this, a misspelt
+    experiment=latent_odee would compose the defaults and silently train the MLP into table1.csv."""
+    if override.startswith("~") or "=" not in override:
+        return None
+    key, value = override.lstrip("+").split("=", 1)
+    key = key.split("@", 1)[0]  # group@package=option
+    options = config_groups(conf_dir).get(key)
+    if options is None or value in ("null", "") or value in options:
+        return None
+    return f"Could not find '{key}/{value}'; Available options in '{key}': {', '.join(options)}"
+
+
 def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Compose the config for every value of every sweep before Hydra starts, so a bad override
     (unknown key or option, wrong type) gets one `noderun: error:` line and exit 2, before any job runs."""
@@ -159,6 +276,9 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     for index, text in variants:
         candidates.append(first[:index] + [text] + first[index + 1 :])
     for candidate in candidates:
+        for override in candidate:
+            if unknown_option(override):
+                _fail(RuntimeError(unknown_option(override)))
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -189,16 +309,21 @@ def _default_profile(overrides: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"noderun: error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    if command == "train" and any(arg in ("-h", "--help") for arg in overrides):
+        # Our own help instead of Hydra's (which prints the whole default config): what conf/ offers.
+        # Hydra's own flags stay: --hydra-help, --cfg job, --info.
+        print(train_help())
+        return
     register_configs()
-    if command == "train" and not any(a in ("--help", "-h", "--cfg", "-c", "--info", "-i") for a in overrides):
+    if command == "train" and not any(a in HYDRA_INFO_FLAGS for a in overrides):
         overrides = _default_profile(overrides)
-        check_overrides("config", overrides)
+        check_overrides(CONFIG_NAMES["train"], overrides)
     sys.argv = [f"noderun-{command}", *overrides]
     COMMANDS[command]()
 

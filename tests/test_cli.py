@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
+
+from noderun.cli import describe, train_help, usage
+from noderun.config import CONF_DIR
 
 
 def run_cli(*args, cwd=None):
@@ -70,6 +74,9 @@ def test_model_of_another_task_is_refused_with_a_hint(tmp_path):
     (["profile.lr=abc"], "could not be converted to Float"),
     (["solver.rtoll=1e-3"], "Key 'rtoll' not in 'SolverConfig'"),
     (["-m", "model=mlp,resnett"], "Available options in 'model': latent_ode, mlp"),
+    # experiment is an optional group: Hydra alone would ignore the misspelling and train the default MLP
+    (["experiment=latent_odee"], "Could not find 'experiment/latent_odee'; Available options in 'experiment'"),
+    (["-m", "experiment=latent_ode,rnn_spiral"], "Could not find 'experiment/rnn_spiral'"),
 ])
 def test_a_bad_override_gets_one_line_and_exit_2_before_any_job(tmp_path, args, expected):
     proc = run_cli("train", "profile=smoke", *args, f"results_dir={tmp_path / 'r'}", cwd=tmp_path)
@@ -84,3 +91,69 @@ def test_an_unknown_backend_is_refused_before_any_work(tmp_path):
                    f"data_dir={tmp_path / 'd'}")
     assert proc.returncode == 2 and "solver.backend" in proc.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
+
+
+# ----------------------------------------------------------------- help: what conf/ holds
+
+
+def conf_files(group):
+    """The options of a config group as the folder holds them now: a new file is covered at once."""
+    return sorted((CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def help_outputs():
+    """`noderun --help`, `noderun train --help` and `noderun train -h`, run once for the module."""
+    outputs = {}
+    for args in (["--help"], ["train", "--help"], ["train", "-h"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 0 and not proc.stderr, proc.stderr
+        outputs[" ".join(args)] = proc.stdout
+    return outputs
+
+
+@pytest.mark.parametrize("group", ["experiment", "profile"])
+@pytest.mark.parametrize("args", ["--help", "train --help", "train -h"])
+def test_help_lists_every_experiment_and_profile_with_its_description(help_outputs, args, group):
+    text = help_outputs[args]
+    assert conf_files(group), f"conf/{group} is empty"
+    for path in conf_files(group):
+        line = next((line for line in text.splitlines() if re.match(rf"\s+{re.escape(path.stem)}(\s|$)", line)), None)
+        assert line is not None, f"`noderun {args}` does not list {group}={path.stem} (conf/{group}/{path.name})"
+        assert describe(path) in line, f"{path.name}: its description is missing from {line!r}"
+
+
+def test_train_help_lists_usage_every_group_and_the_cfg_pointer(help_outputs):
+    text = help_outputs["train --help"]
+    assert text.startswith("usage: noderun train")
+    for group in ("model", "solver", "dataset", "hydra/launcher"):
+        line = next((line for line in text.splitlines() if line.strip().startswith(group + " ")), None)
+        assert line is not None, f"group {group} missing"
+        for path in conf_files(group):
+            assert re.search(rf"\b{re.escape(path.stem)}\*?(,|\s|$)", line), f"{group}={path.stem} missing: {line!r}"
+    assert "mlp*" in text and "dopri5*" in text  # conf/config.yaml's defaults are marked
+    assert "noderun train --cfg job" in text
+
+
+def test_help_reads_conf_at_runtime(tmp_path):
+    """A new experiment or profile file is listed without any code change."""
+    for group in ("experiment", "profile", "model"):
+        (tmp_path / group).mkdir()
+    (tmp_path / "config.yaml").write_text("defaults:\n  - model: tiny\n  - optional experiment: null\n")
+    (tmp_path / "experiment" / "brand_new.yaml").write_text(
+        "# @package _global_\n# A brand new experiment: one line.\n# More detail.\ntask: x\n")
+    (tmp_path / "experiment" / "undocumented.yaml").write_text("task: y\n")
+    (tmp_path / "profile" / "tiny.yaml").write_text("# Tiny: seconds and\n# it goes on.\nname: tiny\n")
+    (tmp_path / "model" / "tiny.yaml").write_text("name: tiny\n")
+    for text in (usage(tmp_path), train_help(tmp_path)):
+        assert re.search(r"^  brand_new\s+A brand new experiment: one line\.$", text, re.M)
+        assert re.search(r"^  undocumented$", text, re.M)
+        assert re.search(r"^  tiny\s+Tiny: seconds and \.\.\.$", text, re.M)
+    assert re.search(r"^  model\s+tiny\*$", train_help(tmp_path), re.M)
+
+
+def test_hydra_flags_still_work_beside_our_help():
+    proc = run_cli("train", "--hydra-help")
+    assert proc.returncode == 0 and "Hydra (" in proc.stdout, proc.stderr
+    proc = run_cli("train", "--cfg", "job", "model=odenet", "profile=smoke")
+    assert proc.returncode == 0 and "name: odenet" in proc.stdout and "name: smoke" in proc.stdout, proc.stderr
