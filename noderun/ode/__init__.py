@@ -13,6 +13,7 @@ Drop-in for the call shape of torchdiffeq's ``odeint`` / ``odeint_adjoint``::
 
 from .adjoint import odeint_adjoint
 from .errors import ODESolverError
+from .events import odeint_event
 from .methods import METHODS, get_method
 from .solve import odeint
 from .stats import SolveStats, last_solve_stats, track_stats
@@ -21,6 +22,7 @@ from .tableau import ButcherTableau
 __all__ = [
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
     "ODESolverError",
     "SolveStats",
     "track_stats",

@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from . import stats as _stats
 from .integrate import SolverOptions, StepHint, integrate
-from .methods import get_method
+from .methods import DEFAULT_METHOD, get_method
 from .solve import FlatState, State, check_times, resolve_options
 from .step_control import SemiNorm
 from .tableau import ButcherTableau
@@ -146,10 +146,11 @@ def odeint_adjoint(
     y0: State,
     t: torch.Tensor,
     *,
-    method: str = "dopri5",
     rtol: float = 1e-7,
     atol: float = 1e-9,
+    method: Optional[str] = None,
     options: Optional[Dict[str, Any]] = None,
+    event_fn: Optional[Callable] = None,
     adjoint_rtol: Optional[float] = None,
     adjoint_atol: Optional[float] = None,
     adjoint_method: Optional[str] = None,
@@ -158,11 +159,18 @@ def odeint_adjoint(
 ) -> State:
     """Like :func:`noderun.ode.odeint`, but gradients come from the adjoint ODE.
 
-    Memory is constant in the number of steps: the forward solve keeps no
-    graph, only the solution at the output times.
+    The signature is torchdiffeq 0.2.5's ``odeint_adjoint``.  Memory is
+    constant in the number of steps: the forward solve keeps no graph, only the
+    solution at the output times.
 
     Args:
-        func, y0, t, method, rtol, atol, options: As for ``odeint``.
+        func, y0, t, rtol, atol, method, options: As for ``odeint``
+            (``method=None`` is ``dopri5``).  ``method='scipy_solver'`` is
+            refused with a ``ValueError``: it has no gradients to offer; use it
+            with ``odeint``.
+        event_fn: ``None``, or an event function: the call is then delegated to
+            :func:`noderun.ode.events.odeint_until_event` (with ``adjoint=True``
+            and the ``adjoint_*`` arguments), which defines the return value.
         adjoint_rtol, adjoint_atol, adjoint_method: Settings of the backward
             solve; default to the forward ones.
         adjoint_options: Options of the backward solve; default to ``options``
@@ -177,8 +185,20 @@ def odeint_adjoint(
     Returns:
         Same as ``odeint``.  Gradients flow to ``y0``, ``t`` and the
         ``adjoint_params`` (only first-order gradients: the backward pass is not
-        itself differentiable).
+        itself differentiable).  The gradient with respect to ``t`` is the one
+        ``odeint`` gives; it costs one evaluation of ``func`` (at ``t[0]``),
+        counted in ``nfe_backward``.
     """
+    if method is None:
+        method = DEFAULT_METHOD
+    if event_fn is not None:
+        from .events import odeint_until_event
+
+        return odeint_until_event(
+            func, y0, t, event_fn=event_fn, method=method, rtol=rtol, atol=atol, options=options, adjoint=True,
+            adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+            adjoint_options=adjoint_options, adjoint_params=adjoint_params,
+        )
     if adjoint_params is None:
         if not isinstance(func, nn.Module):
             raise ValueError(

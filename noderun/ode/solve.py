@@ -14,17 +14,27 @@ import torch
 
 from . import stats as _stats
 from .integrate import SolverOptions, integrate
-from .methods import MethodSpec, get_method
+from .methods import DEFAULT_METHOD, SCIPY_SOLVER, MethodSpec, get_method
+from .scipy_solver import require_scipy, solve_with_scipy
 from .step_control import rms_norm
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 # Options accepted per kind of method.  ``step_size`` on an adaptive method
 # switches it to fixed steps (useful for convergence studies).
-FIXED_OPTIONS = frozenset({"step_size"})
+FIXED_OPTIONS = frozenset({"step_size", "grid_constructor", "perturb", "interp"})
 ADAPTIVE_OPTIONS = frozenset(
-    {"first_step", "min_step", "max_step", "max_num_steps", "safety", "ifactor", "dfactor", "norm", "step_size"}
-)
+    {"first_step", "min_step", "max_step", "max_num_steps", "safety", "ifactor", "dfactor", "norm", "step_size",
+     "step_t", "jump_t", "dtype", "controller", "pcoeff", "icoeff"}
+)  # fmt: skip
+# The order in which error messages list the valid options: most used first.
+_OPTION_ORDER = (
+    "step_size", "grid_constructor", "perturb", "interp", "first_step", "min_step", "max_step",
+    "max_num_steps", "safety", "ifactor", "dfactor", "norm", "controller", "pcoeff", "icoeff",
+    "step_t", "jump_t", "dtype",
+)  # fmt: skip
+CONTROLLERS = ("integral", "pi")
+INTERPS = ("linear", "cubic")
 
 
 class FlatState:
@@ -141,27 +151,103 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
     return x
 
 
+def _times_option(name: str, value: Any) -> tuple:
+    """``step_t`` / ``jump_t``: a 1-D tensor (or sequence) of finite times -> tuple of floats."""
+    try:
+        x = value.detach() if torch.is_tensor(value) else torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"option {name!r} must be a 1-D tensor of times, got {value!r}") from None
+    if x.ndim != 1:
+        raise ValueError(f"option {name!r} must be a 1-D tensor of times, got shape {tuple(x.shape)}")
+    if x.dtype.is_complex or x.dtype == torch.bool:
+        raise ValueError(f"option {name!r} must hold real times, got dtype {x.dtype}")
+    times = x.to(device="cpu", dtype=torch.float64).tolist()
+    if not all(math.isfinite(v) for v in times):
+        raise ValueError(f"option {name!r} must contain only finite times")
+    return tuple(times)
+
+
+def _coefficient(name: str, value: Any, allow_zero: bool) -> float:
+    x = _positive(name, value, allow_zero=allow_zero)
+    if not math.isfinite(x):
+        raise ValueError(f"option {name!r} must be finite, got {value!r}")
+    return x
+
+
 def resolve_options(
     spec: MethodSpec, rtol: float, atol: float, options: Optional[Dict[str, Any]]
 ) -> SolverOptions:
     """Validate the option dict for ``spec`` and return :class:`SolverOptions`.
 
-    Unknown keys raise ``ValueError`` listing the valid keys for the method.
+    Unknown keys raise ``ValueError`` listing the valid keys for the method; every invalid
+    value raises a one-line ``ValueError`` naming the valid values.  The scalar options
+    (``step_size``, ``first_step``, ``min_step``, ``max_step``, ``max_num_steps``, ``safety``,
+    ``ifactor``, ``dfactor``, ``norm``) are described in :func:`odeint`; the others:
+
+    Adaptive methods:
+
+    * ``step_t``: 1-D tensor (or sequence) of finite times the solver must step onto
+      (torchdiffeq semantics): a step never crosses one, it ends exactly on it.  Nothing else
+      changes there (FSAL continues).  Use it where the dynamics are not smooth (a kink) or
+      where the step must not straddle a time.
+    * ``jump_t``: like ``step_t``, for times where the dynamics are discontinuous: the step
+      ending on a jump is evaluated on its near side (its last stages at the value of the
+      state's dtype just before the jump), and the solve restarts on the far side: ``func`` is
+      re-evaluated just after the jump instead of reusing the FSAL stage.  Output times on
+      either side are unaffected.  Times of either option outside the open interval
+      ``(t[0], t[-1])`` are ignored (as in torchdiffeq, where times before ``t[0]`` are dropped
+      and later ones never reached), except that a solve starting exactly on a jump starts on
+      its far side (``func`` evaluated just after it); a time may not appear twice among both
+      (``ValueError``, as in torchdiffeq).  ``odeint_adjoint`` passes them to the backward solve with the rest
+      of ``options`` (when ``adjoint_options`` defaults to them), where each backward interval
+      uses those inside it.
+    * ``controller``: ``'integral'`` (default: ``h * safety * r ** (-1 / (q + 1))``, ``q`` the
+      embedded order) or ``'pi'``: a proportional-integral controller,
+      ``h * safety * r_n ** (-(icoeff + pcoeff) / (q + 1)) * r_prev ** (pcoeff / (q + 1))``
+      (diffrax's ``PIDController`` convention), with ``pcoeff`` (>= 0, default 0.3) and
+      ``icoeff`` (> 0, default 0.4), both valid only with ``controller='pi'``.  See
+      :class:`~noderun.ode.step_control.PIController` and benchmarks/bench_controller.py.
+    * ``dtype``: torchdiffeq's dtype of time-like values; only ``torch.float64`` is accepted
+      (a no-op): time is always handled in float64 here, and a lower precision would only
+      lose accuracy in ``t + h``.
+
+    Fixed-step methods:
+
+    * ``grid_constructor``: ``(func, y0, t) -> grid``, torchdiffeq's alternative to
+      ``step_size`` (the two are mutually exclusive).  It receives the flat dynamics
+      ``func(t, y: [N]) -> [N]``, the flat ``y0`` ``[N]`` and the output times as a 1-D float64
+      tensor on ``y0``'s device, and returns a 1-D tensor of times, strictly monotone in the
+      direction of ``t``, from exactly ``t[0]`` to exactly ``t[-1]``.  The solver steps along
+      the grid and, unlike torchdiffeq (which interpolates output times that fall between grid
+      points), splits a grid interval at every output time inside it, so outputs are never
+      interpolated; where output times are grid points the result is torchdiffeq's.
+    * ``perturb``: ``True`` evaluates each step's first stage just after its start and its
+      ``c = 1`` stages just before its end (values of the state's dtype next to them), so
+      ``func`` sees the side of a grid point the step is on: for dynamics discontinuous at
+      grid points (torchdiffeq semantics).  Default ``False``.
+    * ``interp``: ``'linear'`` or ``'cubic'``, accepted for torchdiffeq compatibility and
+      without effect: torchdiffeq uses it to interpolate output times that fall between grid
+      points, and here no output time does (see ``grid_constructor``), so every output is a
+      genuine step result, at least as accurate as either interpolation.
     """
     options = dict(options or {})
     valid = ADAPTIVE_OPTIONS if spec.adaptive else FIXED_OPTIONS
     unknown = sorted(set(options) - valid)
     if unknown:
+        listed = sorted(valid, key=lambda k: _OPTION_ORDER.index(k) if k in _OPTION_ORDER else len(_OPTION_ORDER))
         raise ValueError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for method {spec.name!r}; "
-            f"valid options: {', '.join(sorted(valid))}"
+            f"valid options: {', '.join(listed)}"
         )
     rtol = _positive("rtol", rtol, allow_zero=True)
     atol = _positive("atol", atol, allow_zero=True)
     kw: Dict[str, Any] = {"rtol": rtol, "atol": atol}
     if options.get("step_size") is not None:
+        if options.get("grid_constructor") is not None:
+            raise ValueError("options 'step_size' and 'grid_constructor' are mutually exclusive")
         kw["step_size"] = _positive("step_size", options["step_size"])
-        others = sorted(k for k in options if k != "step_size")
+        # Adaptive-method options (all but the fixed-grid ones) have nothing to act on.
+        others = sorted(k for k in options if k not in FIXED_OPTIONS)
         if others:
             raise ValueError(f"options {others} have no effect with a fixed 'step_size'")
     elif spec.adaptive and rtol == 0 and atol == 0:
@@ -180,6 +266,53 @@ def resolve_options(
         kw["norm"] = norm
     else:
         kw["norm"] = rms_norm
+
+    # -- times the adaptive loop steps onto (torchdiffeq's step_t / jump_t) --
+    for name in ("step_t", "jump_t"):
+        if options.get(name) is not None:
+            kw[name] = _times_option(name, options[name])
+    both = list(kw.get("step_t", ())) + list(kw.get("jump_t", ()))
+    if len(set(both)) != len(both):
+        repeated = next(x for x in both if both.count(x) > 1)
+        raise ValueError(f"options 'step_t' and 'jump_t' must not repeat a time, got {repeated!r} twice")
+    # torchdiffeq: the dtype of time-like quantities, default float64.  Here time is always
+    # a Python float (float64); a lower precision would only lose steps' accuracy.
+    dtype = options.get("dtype")
+    if dtype is not None and dtype is not torch.float64:
+        raise ValueError(
+            f"option 'dtype' must be torch.float64 (noderun.ode always handles time in float64), got {dtype!r}"
+        )
+
+    # -- step-size controller --
+    controller = options.get("controller")
+    if controller is not None:
+        if controller not in CONTROLLERS:
+            valid_names = ", ".join(map(repr, CONTROLLERS))
+            raise ValueError(f"option 'controller' must be one of {valid_names}, got {controller!r}")
+        kw["controller"] = controller
+    for name, allow_zero in (("pcoeff", True), ("icoeff", False)):
+        if options.get(name) is not None:
+            if kw.get("controller") != "pi":
+                raise ValueError(f"option {name!r} needs controller='pi' (the default controller is 'integral')")
+            kw[name] = _coefficient(name, options[name], allow_zero)
+
+    # -- fixed grids --
+    gc = options.get("grid_constructor")
+    if gc is not None:
+        if not callable(gc):
+            raise ValueError("option 'grid_constructor' must be a callable (func, y0, t) -> 1-D tensor of times")
+        kw["grid_constructor"] = gc
+    perturb = options.get("perturb")
+    if perturb is not None:
+        if not isinstance(perturb, bool):
+            raise ValueError(f"option 'perturb' must be True or False, got {perturb!r}")
+        kw["perturb"] = perturb
+    interp = options.get("interp")
+    if interp is not None and interp not in INTERPS:
+        raise ValueError(
+            f"option 'interp' must be 'linear' or 'cubic', got {interp!r} (either has no effect: "
+            "fixed-step solves step onto every output time)"
+        )
     return SolverOptions(**kw)
 
 
@@ -188,12 +321,15 @@ def odeint(
     y0: State,
     t: torch.Tensor,
     *,
-    method: str = "dopri5",
     rtol: float = 1e-7,
     atol: float = 1e-9,
+    method: Optional[str] = None,
     options: Optional[Dict[str, Any]] = None,
+    event_fn: Optional[Callable] = None,
 ) -> State:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return ``y`` at every time in ``t``.
+
+    The signature is torchdiffeq 0.2.5's ``odeint``.
 
     Args:
         func: ``func(t, y) -> dy/dt``; ``t`` is a 0-dim tensor of the state's
@@ -203,11 +339,16 @@ def odeint(
         t: 1-D tensor of output times, strictly increasing or strictly
             decreasing; ``t[0]`` is the initial time.  Times are handled in
             float64 whatever the dtype of ``t``.
-        method: One of ``euler``, ``midpoint``, ``rk4`` (fixed step) or
-            ``adaptive_heun``, ``fehlberg2``, ``bosh3``, ``dopri5``, ``tsit5``,
-            ``dopri8`` (adaptive).
         rtol, atol: Relative and absolute tolerance of adaptive methods (the
             RMS norm of ``err / (atol + rtol * max(|y0|, |y1|))`` must be <= 1).
+        method: ``None`` (``dopri5``); one of ``euler``, ``midpoint``, ``rk4``,
+            ``heun2``, ``heun3`` (fixed step) or ``adaptive_heun``,
+            ``fehlberg2``, ``bosh3``, ``dopri5``, ``tsit5``, ``dopri8``
+            (adaptive); or ``scipy_solver`` (below).  ``rk4`` is the classical
+            tableau (torchdiffeq's ``rk4`` is the 3/8 rule: same order,
+            different error constant).  torchdiffeq's multistep
+            ``explicit_adams``, ``implicit_adams`` and ``fixed_adams`` are
+            refused with a ``ValueError`` naming an alternative.
         options: Method options.
 
             * ``step_size`` (all methods): fixed step.  Each interval between
@@ -220,24 +361,80 @@ def odeint(
               ``max_step`` (default inf), ``max_num_steps`` (default 100000),
               ``safety`` (0.9), ``ifactor`` (10), ``dfactor`` (0.2) and
               ``norm`` (``'rms'`` or a callable ``[N] tensor -> float`` applied
-              to the flattened scaled error).
+              to the flattened scaled error); ``controller`` (``'integral'``,
+              the default, or ``'pi'`` with ``pcoeff`` 0.3 and ``icoeff`` 0.4);
+              ``jump_t`` (times where ``func`` is discontinuous: stepped onto,
+              ``func`` re-evaluated just after) and ``step_t`` (times stepped onto).
+            * Fixed-step methods: ``grid_constructor(func, y0, t) -> grid``
+              instead of ``step_size``; output times off the grid are stepped
+              onto (torchdiffeq interpolates them); ``perturb``; ``interp`` is
+              accepted and has no effect.
+            * ``scipy_solver`` only: ``solver`` (any method of
+              ``scipy.integrate.solve_ivp``, default ``'LSODA'``), ``min_step``
+              (LSODA), ``max_step``; ``norm``, ``grid_points`` and ``eps`` are
+              accepted and ignored, as torchdiffeq does.
+        event_fn: ``None``, or an event function: the solve then runs from
+            ``t[0]`` until ``event_fn(t, y)`` crosses zero and is delegated to
+            :func:`noderun.ode.events.odeint_until_event`, which defines the
+            return value.
+
+    ``method='scipy_solver'`` (needs SciPy; without it a one-line
+    ``ValueError`` says ``pip install scipy`` enables it) solves with
+    ``scipy.integrate.solve_ivp`` on the host in float64 NumPy arrays, calling
+    ``func`` under ``torch.no_grad`` with ``t`` and ``y`` in ``y0``'s dtype and
+    device; the result is in ``y0``'s dtype and device and carries no
+    gradients (as in torchdiffeq).
 
     Returns:
         Tensor ``[len(t), *y0.shape]`` (or a tuple of such for a tuple
         ``y0``), in ``y0``'s dtype.  The result is differentiable with respect
         to ``y0`` and anything ``func`` uses (backpropagation through the
-        solver's operations); it is not differentiated with respect to ``t``,
-        use :func:`odeint_adjoint` for that.
+        solver's operations).  When ``t`` requires a gradient (and grad mode is
+        on), it is differentiable with respect to ``t`` as well, with the
+        derivatives of the exact solution map: ``d y_i / d t_i = f(t_i, y_i)``
+        for ``i >= 1``, ``d y_i / d t_0 = -Phi(t_i, t_0) f(t_0, y_0)``
+        (``Phi`` the sensitivity to ``y0``, backpropagated through the solver)
+        and ``y_0`` independent of ``t_0``.  That costs ``len(t)`` extra
+        evaluations of ``func`` (at every output time), which are not counted
+        in :class:`~noderun.ode.SolveStats`.
 
     Raises:
         ValueError: invalid method, option, ``t`` or ``y0``.
         ODESolverError: the solve could not make progress (step-size underflow,
-            ``max_num_steps`` reached, non-finite state).
+            ``max_num_steps`` reached, non-finite state, a failed SciPy solve).
     """
+    if method is None:
+        method = DEFAULT_METHOD
+    if event_fn is not None:
+        from .events import odeint_until_event
+
+        return odeint_until_event(
+            func, y0, t, event_fn=event_fn, method=method, rtol=rtol, atol=atol, options=options, adjoint=False
+        )
+    if method == SCIPY_SOLVER:
+        require_scipy()
+        state = FlatState(y0)
+        times = check_times(t)
+        return state.unflatten_solution(solve_with_scipy(state, func, state.flatten(y0), times, rtol, atol, options))
     spec = get_method(method)
     opts = resolve_options(spec, rtol, atol, options)
     state = FlatState(y0)
     times = check_times(t)
-    ys, stats = integrate(state.flat_func(func), state.flatten(y0), times, spec.tableau, opts)
+    flat_func = state.flat_func(func)
+    y0_flat = state.flatten(y0)
+    if not (t.requires_grad and torch.is_grad_enabled()):
+        ys, stats = integrate(flat_func, y0_flat, times, spec.tableau, opts)
+        _stats.record(stats)
+        return state.unflatten_solution(ys)
+
+    # Gradient with respect to t.  dt is zero in value and carries d/dt: solving from
+    # y0 - dt_0 * f(t_0, y_0) gives d y_i / d t_0 = -Phi(t_i, t_0) f(t_0, y_0), and adding
+    # dt_i * f(t_i, y_i) to output i gives d y_i / d t_i = f(t_i, y_i) (for i = 0 the two cancel).
+    dt = (t - t.detach()).to(dtype=state.dtype, device=state.device)
+    with torch.no_grad():
+        f0 = flat_func(times[0], y0_flat)
+    ys, stats = integrate(flat_func, y0_flat - dt[0] * f0, times, spec.tableau, opts)
     _stats.record(stats)
-    return state.unflatten_solution(ys)
+    with torch.no_grad():
+        fs = torch.stack([f0] + [flat_func(times[i], ys[i]) for i in range(1, len(times))])
+    return state.unflatten_solution(ys + dt.unsqueeze(1) * fs)

@@ -72,9 +72,18 @@ class ButcherTableau:
             ``(d_j1, ..., d_jP)`` of the polynomial weight
             ``w_j(theta) = sum_p d_jp theta**p`` so that
             ``y(t + theta h) = y + h * sum_j w_j(theta) k_j`` for ``theta`` in
-            ``[0, 1]``.  ``w_j(1)`` must equal ``b_j``.  Methods without one
-            use cubic Hermite interpolation (see :mod:`.interpolate`).
+            ``[0, 1]``.  ``w_j(1)`` must equal ``b_j``.  With ``E`` extra stages
+            (below) there are ``S + E`` rows, the last ``E`` for the extra stages,
+            whose weights vanish at ``theta = 1``.  Methods without one use cubic
+            Hermite interpolation (see :mod:`.interpolate`).
         dense_order: Order of the dense output (``None`` without one).
+        dense_c, dense_a: Extra stages of the dense output (default: none).  Extra
+            stage ``e`` is ``f(t + dense_c[e] h, y + h * sum_j dense_a[e][j] k_j)``
+            over the ``S + e`` stages before it (the method's, then earlier extra
+            ones), so ``dense_a[e]`` has ``S + e`` entries.  They cost ``E``
+            evaluations per step that has requested times inside, and are needed
+            when the method's own stages cannot carry an interpolant of the order
+            wanted (dopri8).
         source: Citation for the coefficients.
     """
 
@@ -88,6 +97,8 @@ class ButcherTableau:
     fsal: bool = False
     dense: Optional[tuple] = None
     dense_order: Optional[int] = None
+    dense_c: tuple = ()
+    dense_a: tuple = ()
     source: str = ""
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
@@ -100,6 +111,8 @@ class ButcherTableau:
             object.__setattr__(self, "b_error", tuple(self.b_error))
         if self.dense is not None:
             object.__setattr__(self, "dense", tuple(tuple(row) for row in self.dense))
+        object.__setattr__(self, "dense_c", tuple(self.dense_c))
+        object.__setattr__(self, "dense_a", tuple(tuple(row) for row in self.dense_a))
         self._validate()
 
     # -- validation -----------------------------------------------------------
@@ -137,15 +150,28 @@ class ButcherTableau:
             last = tuple(self.a[-1]) + (0,)
             if any(abs(float(x) - float(y)) > _CHECK_TOL for x, y in zip(last, self.b)):
                 self._fail("fsal requires the last row of A (padded with 0) to equal b")
+        extra = len(self.dense_c)
+        if len(self.dense_a) != extra:
+            self._fail(f"dense_a has {len(self.dense_a)} rows but dense_c has {extra} entries")
+        if extra and self.dense is None:
+            self._fail("extra dense-output stages (dense_c, dense_a) need dense weights")
+        for e, row in enumerate(self.dense_a):
+            if len(row) != s + e:
+                self._fail(f"row {e} of dense_a must have {s + e} entries, got {len(row)}")
+            # A stage at t + c h must see an input consistent to first order: sum_j a_j = c.
+            if abs(_fsum(row) - float(self.dense_c[e])) > _CHECK_TOL:
+                self._fail(f"row {e} of dense_a sums to {_fsum(row)!r}, expected dense_c[{e}]")
         if self.dense is not None:
-            if len(self.dense) != s:
-                self._fail(f"dense has {len(self.dense)} rows, expected {s}")
+            if len(self.dense) != s + extra:
+                self._fail(f"dense has {len(self.dense)} rows, expected {s + extra}")
             degree = len(self.dense[0])
             if any(len(row) != degree for row in self.dense):
                 self._fail("all rows of dense must have the same length")
+            # Continuity with the step: w(1) = b (0 for the extra stages, not part of y1).
+            b_ext = tuple(self.b) + (0,) * extra
             for j, row in enumerate(self.dense):
-                if abs(_fsum(row) - float(self.b[j])) > _CHECK_TOL:
-                    self._fail(f"dense weight {j} at theta=1 is {_fsum(row)!r}, expected b[{j}]")
+                if abs(_fsum(row) - float(b_ext[j])) > _CHECK_TOL:
+                    self._fail(f"dense weight {j} at theta=1 is {_fsum(row)!r}, expected {float(b_ext[j])!r}")
             # Consistency: y' = 1 must be interpolated exactly, i.e. sum_j w_j(theta) = theta.
             for p in range(degree):
                 expected = 1.0 if p == 0 else 0.0

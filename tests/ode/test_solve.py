@@ -97,6 +97,8 @@ CONVERGENCE_STEPS = {
     "euler": (50, 100),
     "midpoint": (50, 100),
     "rk4": (10, 20),
+    "heun2": (50, 100),
+    "heun3": (20, 40),
     "adaptive_heun": (50, 100),
     "fehlberg2": (50, 100),
     "bosh3": (20, 40),
