@@ -31,6 +31,8 @@ class ClassifierModelConfig:
     time_channel: str = "exact"
     channels_last: bool = False  # ODE block: solve in NHWC memory order (convolutions, GroupNorm, solver state)
     conv_impl: str = "torch"  # ODE block convolutions: torch (F.conv2d) or nnpack (CPU float32; noderun.models.conv)
+    # ANODE (model=anode, beyond the paper): zero channels appended to the ODE state; 0 for every other model
+    augment_channels: int = 0
     # Random-crop augmentation (dataset.crop_padding) suits the conv nets, which are translation
     # equivariant; the MLP row (quoted by the paper from LeCun et al. 1998) trains without it.
     augment: bool = True
@@ -199,6 +201,57 @@ class SweepDatasetConfig:
     reference_dtype: str = "float64"  # float64 makes a 1e-8 tolerance reachable
 
 
+# ------------------------------------- crossing (beyond the paper: Dupont et al. 2019)
+
+
+@dataclass
+class CrossingModelConfig:
+    """ODE (augment_dim = 0) or ANODE on a low-dimensional regression task: a time-dependent MLP dynamics
+    on the data dimensions plus augment_dim zero-initialised ones, solved over [0, 1] (Dupont et al. 2019)."""
+
+    name: str = MISSING  # crossing_ode or crossing_anode
+    augment_dim: int = 0  # zero dimensions appended to the ODE state; 0: the plain ODE
+    hidden: int = 32  # units of each of the dynamics' two hidden layers
+    adjoint: bool = True  # adjoint gradients (the ODE-Net's); solver.adjoint overrides
+    batch_size: int = 64
+    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 5, "quick": 600, "paper": 960})
+    lr: Dict[str, float] = field(default_factory=lambda: {"smoke": 1e-3, "quick": 1e-3, "paper": 1e-3})  # Adam
+    threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
+
+
+@dataclass
+class Crossing1DDatasetConfig:
+    """g(-1) = 1, g(1) = -1: inputs drawn uniformly from [-1 - w, -1 + w] (target +1) and [1 - w, 1 + w]
+    (target -1), half and half, w = half_width (0: the two points of Dupont et al.'s g_1d)."""
+
+    name: str = "crossing_1d"
+    half_width: float = 0.25
+    n_train: int = 1000
+    n_test: int = 1000
+    readout: str = "state"  # the output: state (the flow's own x(1)) or linear (a linear map of the whole state)
+    anode_augment_dim: int = 1  # the augmented dimensions model=crossing_anode uses on this data set
+    seed: int = 0  # the training set's seed: the same data whatever the training seed
+    test_seed: int = 1
+
+
+@dataclass
+class Crossing2DDatasetConfig:
+    """Points uniform (by area) in the disc r < inner_radius (target -1) and in the ring
+    outer_min < r < outer_max (target +1): Dupont et al.'s concentric spheres in 2-D."""
+
+    name: str = "crossing_2d"
+    inner_radius: float = 0.5
+    outer_min: float = 1.0
+    outer_max: float = 1.5
+    inner_fraction: float = 0.25  # of the points in the disc (Dupont et al.: 500 of 2000)
+    n_train: int = 2000
+    n_test: int = 1000
+    readout: str = "linear"
+    anode_augment_dim: int = 5
+    seed: int = 0
+    test_seed: int = 1
+
+
 @dataclass
 class Config:
     model: Any = MISSING
@@ -245,6 +298,9 @@ TASK_SCHEMAS = (
     ("flows", "dataset", "energy", EnergyDatasetConfig),
     ("flows", "dataset", "toy2d", Toy2DDatasetConfig),
     ("figure3", "dataset", "mnist_sweep", SweepDatasetConfig),
+    ("crossing", "model", "crossing", CrossingModelConfig),
+    ("crossing", "dataset", "crossing_1d", Crossing1DDatasetConfig),
+    ("crossing", "dataset", "crossing_2d", Crossing2DDatasetConfig),
 )
 
 

@@ -1,7 +1,7 @@
 """Model registry of the classification task: a config's `model.name` selects the builder.
 
-Table 1: mlp, resnet, rknet, odenet. Adding a model is one builder here and one YAML
-file in conf/model/. Every builder takes the model config and the run's SolverSpec
+Table 1: mlp, resnet, rknet, odenet; beyond the paper: anode (noderun.models.anode). Adding a
+model is one builder here and one YAML file in conf/model/. Every builder takes the model config and the run's SolverSpec
 (noderun.models.solver), which models without an ODE block ignore.
 """
 
@@ -13,6 +13,7 @@ from typing import Callable
 from torch import nn
 
 from noderun.errors import ConfigError
+from noderun.models.anode import build_anode
 from noderun.models.mlp import build_mlp
 from noderun.models.odenet import ODEBlock, build_odenet
 from noderun.models.resnet import build_resnet
@@ -23,6 +24,13 @@ def _odenet(model_cfg, solver: SolverSpec) -> nn.Module:
     return build_odenet(model_cfg.channels, solver=solver, time_channel=model_cfg.get("time_channel", "exact"),
                         channels_last=bool(model_cfg.get("channels_last", False)),
                         conv_impl=model_cfg.get("conv_impl", "torch"))
+
+
+def _anode(model_cfg, solver: SolverSpec) -> nn.Module:
+    return build_anode(model_cfg.channels, augment_channels=model_cfg.augment_channels, solver=solver,
+                       time_channel=model_cfg.get("time_channel", "exact"),
+                       channels_last=bool(model_cfg.get("channels_last", False)),
+                       conv_impl=model_cfg.get("conv_impl", "torch"))
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ MODELS: dict[str, ModelEntry] = {
     "odenet": ModelEntry(_odenet, has_ode_block=True),
     # the same network; model.adjoint=false (conf/model/rknet.yaml) backpropagates through the solver
     "rknet": ModelEntry(_odenet, has_ode_block=True),
+    # beyond the paper: the ODE-Net with model.augment_channels zero channels in its ODE state (Dupont et al. 2019)
+    "anode": ModelEntry(_anode, has_ode_block=True),
 }
 
 

@@ -6,8 +6,13 @@ from torch import nn
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups (fewer when there are fewer channels), as in the paper's code."""
-    return nn.GroupNorm(min(32, channels), channels)
+    """GroupNorm with 32 groups (fewer when there are fewer channels), as in the paper's code.
+
+    For a channel count that 32 does not divide (the ANODE's 64 + 5 augmented channels), the most
+    groups up to 32 that divide it (23 groups of 3 for 69); for every count min(32, channels)
+    divides, this is min(32, channels), as before.
+    """
+    return nn.GroupNorm(max(g for g in range(1, min(32, channels) + 1) if channels % g == 0), channels)
 
 
 def downsampling(channels: int = 64) -> nn.Sequential:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from noderun.report import figure3, flows, table1, table2
+from noderun.report import crossing, figure3, flows, table1, table2
 
-SECTIONS = (table1, figure3, table2, flows)  # in the order of the paper
+SECTIONS = (table1, figure3, table2, flows, crossing)  # in the order of the paper, then beyond it
 
 
 def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:

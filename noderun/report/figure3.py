@@ -1,4 +1,7 @@
-"""Figure 3 (a)-(c), the tolerance sweep of the trained ODE-Net, as tables and a figure from result rows."""
+"""Figure 3 (a)-(c), the tolerance sweep of the trained ODE-Net, as tables and a figure from result rows.
+
+Rows of `model=anode` (beyond the paper: the Table 1 ANODE swept the same way) get their own tables and figure.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +18,27 @@ TASK = "figure3"
 
 # What makes two rows the same cell: a rerun replaces the earlier row, never counts as another seed.
 CELL_KEY = ["experiment", "model", "profile", "seed", "method", "rtol", "atol", "seminorm", "test_size", "batch_size"]
+# The swept models: the paper's ODE-Net, and beyond the paper the ANODE (rows without a model are the ODE-Net's).
+MODELS = {"odenet": "ODE-Net", "anode": "ANODE (beyond the paper)"}
+
+
+def model_of(frame: pd.DataFrame) -> pd.Series:
+    """The swept model of every row; odenet where the column is missing or empty."""
+    if "model" not in frame:
+        return pd.Series("odenet", index=frame.index)
+    return frame["model"].replace("", None).fillna("odenet")
 
 
 def render(frame: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
     runs = finished(latest_per_cell(frame[(frame["experiment"] == "figure3") & (frame["profile"] == profile)],
                                     CELL_KEY))
+    sections = []
+    for model, label in MODELS.items():
+        sections += _render_model(runs[model_of(runs) == model], label)
+    return sections
+
+
+def _render_model(runs: pd.DataFrame, label: str) -> list[tuple[str, str]]:
     sections = []
     for seminorm in (False, True):
         part = runs[is_true(runs["seminorm"]) == seminorm]
@@ -37,7 +56,7 @@ def render(frame: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
         note = (f"Per batch of {int(first['batch_size'])} over the first {int(first['test_size'])} test images; "
                 f"error of the ODE block's output against {first['reference']}. The paper reports backward "
                 "NFE about half of forward.")
-        title = f"Figure 3 (a)-(c): tolerance sweep of the trained ODE-Net, {'seminorm' if seminorm else 'full norm'}"
+        title = f"Figure 3 (a)-(c): tolerance sweep of the trained {label}, {'seminorm' if seminorm else 'full norm'}"
         sections.append((title, table + "\n\n" + note))
     return sections
 
@@ -89,8 +108,14 @@ def plot_nfe_sweep(frame: pd.DataFrame, path: Path, title: str = "Figure 3 (a)-(
 
 
 def figures(results_dir: Path) -> list[Path]:
-    """Figure 3 (a)-(c) per profile from figure3.csv."""
+    """Figure 3 (a)-(c) per profile from figure3.csv (the ANODE's rows, if any, in figure3abc_anode_<profile>.png)."""
     out = Path(results_dir) / "figures"
-    return [plot_nfe_sweep(rows, out / f"figure3abc_{profile}.png",
-                           f"Figure 3 (a)-(c): trained ODE-Net over tolerances (profile={profile})")
-            for profile, rows in sorted(profile_rows(results_dir, "figure3", CELL_KEY).items())]
+    written = []
+    for profile, rows in sorted(profile_rows(results_dir, "figure3", CELL_KEY).items()):
+        for model, label in MODELS.items():
+            part = rows[model_of(rows) == model]
+            if len(part):
+                name = f"figure3abc_{profile}.png" if model == "odenet" else f"figure3abc_{model}_{profile}.png"
+                written.append(plot_nfe_sweep(part, out / name,
+                                              f"Figure 3 (a)-(c): trained {label} over tolerances (profile={profile})"))
+    return written

@@ -30,8 +30,13 @@ PAPER_TABLE1 = {
     "odenet": {"label": "ODE-Net", "test_error": 0.42, "params_m": 0.22, "memory": "O(1)", "time": "O(L~)"},
 }
 
-LABELS = {model: paper["label"] for model, paper in PAPER_TABLE1.items()}
-COLORS = {"mlp": "tab:gray", "resnet": "tab:green", "rknet": "tab:orange", "odenet": "tab:blue"}
+# Rows beyond the paper, shown after the paper's four when they have Table 1 runs, with '-' for the paper's values.
+BEYOND_TABLE1 = {
+    "anode": {"label": "ANODE (beyond the paper)"},  # Dupont et al. 2019: the ODE-Net with an augmented state
+}
+
+LABELS = {model: entry["label"] for model, entry in {**PAPER_TABLE1, **BEYOND_TABLE1}.items()}
+COLORS = {"mlp": "tab:gray", "resnet": "tab:green", "rknet": "tab:orange", "odenet": "tab:blue", "anode": "tab:red"}
 
 # ------------------------------------------------------------------------- tables
 
@@ -65,9 +70,15 @@ def rows_for(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
 
 
 def render_table1(frame: pd.DataFrame, profile: str) -> str:
-    """Table 1 (MNIST) for one profile: our measurements beside the paper's values."""
+    """Table 1 (MNIST) for one profile: our measurements beside the paper's values, then the rows beyond the
+    paper (ANODE) that have runs, with '-' for the paper's values."""
     rows, notes = [], []
-    for model, paper in PAPER_TABLE1.items():
+    table1_models = set(frame.loc[frame["experiment"] == "table1", "model"]) if len(frame) else set()
+    beyond = {model: {"test_error": None, "params_m": None, "memory": "-", "time": "-", **entry}
+              for model, entry in BEYOND_TABLE1.items() if model in table1_models}
+    for model, paper in {**PAPER_TABLE1, **beyond}.items():
+        paper_error = "-" if paper["test_error"] is None else f"{paper['test_error']:.2f}"
+        paper_params = "-" if paper["params_m"] is None else f"{paper['params_m']:.2f}"
         source = BORROWED.get(profile, {}).get(model, profile)
         runs = latest_cells(frame[(frame["experiment"] == "table1") & (frame["profile"] == source)
                                   & (frame["model"] == model)])
@@ -78,16 +89,16 @@ def render_table1(frame: pd.DataFrame, profile: str) -> str:
             notes.append(f"{paper['label']}: the row of profile={source}.")
         if finished.empty:
             status = "failed" if not failed.empty else "not run"
-            rows.append([label, status, f"{paper['test_error']:.2f}", "-", f"{paper['params_m']:.2f}",
+            rows.append([label, status, paper_error, "-", paper_params,
                          "-", paper["memory"], "-", "-", paper["time"], "-", "-", "-"])
             continue
         precision = sorted(set(finished["precision"].fillna("32").astype(str))) if "precision" in finished else ["32"]
         rows.append([
             label,
             mean_std(finished["test_error"], 2),
-            f"{paper['test_error']:.2f}",
+            paper_error,
             f"{finished['params'].iloc[0] / 1e6:.3f}",
-            f"{paper['params_m']:.2f}",
+            paper_params,
             mean_std(finished["memory_mib"], 2),
             paper["memory"],
             mean_std(finished["time_per_iter_s"], 3),
@@ -110,20 +121,20 @@ def render_depth(frame: pd.DataFrame, profile: str) -> str:
         return "(depth experiment not run)"
     runs["depth"] = np.where(runs["model"] == "resnet", runs["n_blocks"], runs["nfe_forward"])
     rows, slopes = [], []
-    for model in ("resnet", "rknet", "odenet"):
+    for model in ("resnet", "rknet", "odenet", "anode"):
         part = runs[runs["model"] == model].sort_values("depth")
         if part.empty:
             continue
         for _, r in part.iterrows():
             setting = f"L={int(r['n_blocks'])}" if model == "resnet" else f"tol={r['rtol']:.0e}"
-            rows.append([PAPER_TABLE1[model]["label"], setting, f"{r['depth']:.1f}", f"{r['nfe_backward']:.1f}",
+            rows.append([LABELS[model], setting, f"{r['depth']:.1f}", f"{r['nfe_backward']:.1f}",
                          f"{r['memory_mib']:.2f}", f"{r['time_per_iter_s']:.3f}"])
         mem_slope = fit_line(part["depth"], part["memory_mib"])[0] * 1024 * 1024
         if math.isfinite(mem_slope):
             mem_slope = round(mem_slope) + 0  # a flat fit prints as 0, not -0
         time_slope = fit_line(part["depth"], part["time_per_iter_s"])[0]
         spread = (part["memory_mib"].max() - part["memory_mib"].min()) / part["memory_mib"].mean() * 100
-        slopes.append([PAPER_TABLE1[model]["label"], "block" if model == "resnet" else "evaluation",
+        slopes.append([LABELS[model], "block" if model == "resnet" else "evaluation",
                        f"{mem_slope:,.0f}", f"{spread:.1f}", f"{time_slope:.4f}"])
     table = markdown(rows, ["Model", "setting", "L or L~ (fwd NFE)", "bwd NFE", "Memory MiB", "s / iter"])
     fit = markdown(slopes, ["Model", "per", "bytes per unit (fit)", "memory spread %", "s per unit (fit)"])
@@ -238,7 +249,7 @@ def plot_depth(frame: pd.DataFrame, path: Path, title: str = "Memory and time ag
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), squeeze=False)
     panels = (("memory_mib", "activation memory (MiB)"), ("time_per_iter_s", "time per iteration (s)"))
     for row, (column, ylabel) in enumerate(panels):
-        for col, models in enumerate((("resnet",), ("rknet", "odenet"))):
+        for col, models in enumerate((("resnet",), ("rknet", "odenet", "anode"))):
             ax = axes[row][col]
             for model in models:
                 part = data[data["model"] == model]

@@ -2,7 +2,8 @@
 
 A task is one experiment family of the paper (noderun.tasks.base.Task): classification
 (Table 1, the depth experiment), figure3 (the tolerance sweep of a trained ODE-Net),
-spirals (Table 2) and flows (Figures 4 and 5). Adding one is a module here with a Task
+spirals (Table 2), flows (Figures 4 and 5) and, beyond the paper, crossing (augmented ODEs,
+Dupont et al. 2019). Adding one is a module here with a Task
 subclass, and one line below.
 """
 
@@ -16,6 +17,7 @@ TASKS = {
     "figure3": "noderun.tasks.figure3:Figure3Task",
     "spirals": "noderun.tasks.spirals:SpiralsTask",
     "flows": "noderun.tasks.flows:FlowsTask",
+    "crossing": "noderun.tasks.crossing:CrossingTask",  # beyond the paper: Dupont et al. (2019)
 }
 
 

@@ -1,4 +1,5 @@
-"""Image classification on MNIST: Table 1 (MLP, ResNet, RK-Net, ODE-Net) and the depth experiment.
+"""Image classification on MNIST: Table 1 (MLP, ResNet, RK-Net, ODE-Net; ANODE beyond the paper), the depth
+experiment.
 
 The uint8 dataset lives on the training device as one tensor, batches are `randperm`
 slices, augmentation is batched, and nothing runs per sample in Python. After every epoch
@@ -104,6 +105,12 @@ class ClassificationTask(Task):
         require(cfg.model.name in MODELS, "model", cfg.model.name,
                 f"the classification task takes: {sorted(MODELS)} (other models run with their experiment, "
                 "e.g. experiment=latent_ode)")
+        augment = cfg.model.get("augment_channels", 0)
+        if cfg.model.name == "anode":
+            require(augment >= 1, "model.augment_channels", augment,
+                    "model=anode takes an integer >= 1 (0 channels is the ODE-Net: model=odenet)")
+        else:
+            require(augment == 0, "model.augment_channels", augment, "it applies to model=anode only; leave it 0")
         require(cfg.dataset.name == "mnist", "dataset.name", cfg.dataset.name,
                 "the classification task takes: ['mnist']")
         require(cfg.dataset.crop_padding >= 0, "dataset.crop_padding", cfg.dataset.crop_padding, "it must be >= 0")

@@ -16,6 +16,10 @@ measures per batch of ``dataset.batch_size``:
   over images of ||h(1) - h_ref(1)|| / ||h_ref(1)|| (L2 over the block's C x H x W output);
   ``ode_error_max`` is the largest absolute difference of any element.
 
+Beyond the paper, ``model=anode`` sweeps the Table 1 ANODE the same way (its checkpoint
+``table1-anode-<profile>-seed<seed>.pt``); the error is that of its block's output, the C kept
+channels of the augmented state.
+
 Rows go to ``<results_dir>/figure3.csv``; noderun.report.figure3 renders them.
 """
 
@@ -40,6 +44,7 @@ from noderun.tasks.base import Task, require
 from noderun.tasks.classification import final_weights_path
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MODELS = ("odenet", "anode")  # the Table 1 models with an adjoint-trained ODE block
 
 
 def sweep_size(cfg: DictConfig):
@@ -68,7 +73,7 @@ class Figure3Task(Task):
     def validate(cls, cfg: DictConfig) -> None:
         """Reject invalid values before any work (the checkpoint is looked for when the run starts)."""
         data, solver, profile = cfg.dataset, cfg.solver, cfg.profile
-        require(cfg.model.name == "odenet", "model.name", cfg.model.name, "the figure3 task takes: ['odenet']")
+        require(cfg.model.name in MODELS, "model.name", cfg.model.name, f"the figure3 task takes: {list(MODELS)}")
         require(data.name == "mnist" and "reference_rtol" in data, "dataset", data.name,
                 "the figure3 task takes dataset=mnist_sweep (set by experiment=figure3)")
         require(solver.method in METHODS and get_method(solver.method).adaptive, "solver.method", solver.method,
@@ -96,7 +101,7 @@ class Figure3Task(Task):
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
         solver = SolverSpec.from_config(cfg.solver, default_adjoint=True)
-        return {"model": "odenet", "dataset": "mnist", **solver.describe(), "seminorm": solver.seminorm,
+        return {"model": cfg.model.name, "dataset": "mnist", **solver.describe(), "seminorm": solver.seminorm,
                 "batch_size": cfg.dataset.batch_size}
 
     def __init__(self, cfg: DictConfig, **env) -> None:
@@ -107,19 +112,20 @@ class Figure3Task(Task):
         self.epochs = 0  # nothing to train
 
     def load_trained_odenet(self) -> tuple[torch.nn.Module, dict]:
-        """The Table 1 ODE-Net of this profile and seed, rebuilt with this run's solver settings."""
-        cfg = self.cfg
-        path = final_weights_path(cfg.results_dir, "table1", "odenet", cfg.profile.name, cfg.seed)
+        """The Table 1 ODE-Net (or ANODE, model=anode) of this profile and seed, rebuilt with this run's
+        solver settings."""
+        cfg, name = self.cfg, self.cfg.model.name
+        path = final_weights_path(cfg.results_dir, "table1", name, cfg.profile.name, cfg.seed)
         if not path.is_file():
             raise ConfigError(
-                f"no trained ODE-Net at {path}; run `noderun train model=odenet profile={cfg.profile.name} "
-                f"seed={cfg.seed} results_dir={cfg.results_dir}` first"
+                f"no trained {'ODE-Net' if name == 'odenet' else name} at {path}; run `noderun train model={name} "
+                f"profile={cfg.profile.name} seed={cfg.seed} results_dir={cfg.results_dir}` first"
             )
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model_cfg = OmegaConf.create(payload["config"]["model"])
-        if model_cfg.get("name") != "odenet":
-            raise ConfigError(f"{path} holds model {model_cfg.get('name')!r}, not odenet; retrain it with "
-                              f"`noderun train model=odenet profile={cfg.profile.name} seed={cfg.seed}`")
+        if model_cfg.get("name") != name:
+            raise ConfigError(f"{path} holds model {model_cfg.get('name')!r}, not {name}; retrain it with "
+                              f"`noderun train model={name} profile={cfg.profile.name} seed={cfg.seed}`")
         model = build_model(model_cfg, self.solver)
         model.load_state_dict(payload["state_dict"])
         return model, payload
@@ -148,7 +154,8 @@ class Figure3Task(Task):
         labels = data.test_labels[:size].to(device)
         batch = int(data_cfg.batch_size)
         starts = list(range(0, len(images), batch))
-        self.log(f"[noderun] figure3: ODE-Net ({cfg.profile.name}, seed {cfg.seed}) solver={self.solver.method} "
+        self.log(f"[noderun] figure3: {cfg.model.name} ({cfg.profile.name}, seed {cfg.seed}) "
+                 f"solver={self.solver.method} "
                  f"rtol={self.solver.rtol:g} atol={self.solver.atol:g} seminorm={self.solver.seminorm} "
                  f"on {len(images)} test images in {len(starts)} batches of {batch}")
 
