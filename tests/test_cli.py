@@ -73,7 +73,7 @@ def test_model_of_another_task_is_refused_with_a_hint(tmp_path):
     (["profile.epochs=1.5"], "could not be converted to Integer"),
     (["profile.lr=abc"], "could not be converted to Float"),
     (["solver.rtoll=1e-3"], "Key 'rtoll' not in 'SolverConfig'"),
-    (["-m", "model=mlp,resnett"], "Available options in 'model': latent_ode, mlp"),
+    (["-m", "model=mlp,resnett"], "Available options in 'model': anode, crossing_anode, crossing_ode, latent_ode, mlp"),
     # experiment is an optional group: Hydra alone would ignore the misspelling and train the default MLP
     (["experiment=latent_odee"], "Could not find 'experiment/latent_odee'; Available options in 'experiment'"),
     (["-m", "experiment=latent_ode,rnn_spiral"], "Could not find 'experiment/rnn_spiral'"),

@@ -486,3 +486,13 @@ def test_a_sweep_is_expanded_into_its_jobs():
     assert {job[1] for job in jobs} == {"seed=0", "seed=1", "seed=2"}
     assert {job[2] for job in jobs} == {"dataset.n_obs=1", "dataset.n_obs=2", "dataset.n_obs=3"}
     assert expand(["seed=0,1"], multirun=False) == [["seed=0,1"]]
+
+
+@pytest.mark.parametrize("group", ["model", "solver", "dataset", "profile", "experiment"])
+def test_readme_configuration_table_lists_every_option(group):
+    """The README's config-group table is complete: every file of conf/<group> is named in its row."""
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    row = next((line for line in readme.splitlines() if line.startswith(f"| `{group}` |")), None)
+    assert row is not None, f"README.md has no configuration row for the group {group!r}"
+    missing = [path.stem for path in sorted((CONF_DIR / group).glob("*.yaml")) if f"`{path.stem}`" not in row]
+    assert not missing, f"README.md's `{group}` row leaves out {missing}"

@@ -13,9 +13,8 @@ Drop-in for the call shape of torchdiffeq's ``odeint`` / ``odeint_adjoint``::
 
 from .adjoint import odeint_adjoint
 from .errors import ODESolverError
-from .events import odeint_event
 from .methods import METHODS, get_method
-from .solve import odeint
+from .solve import odeint, odeint_event
 from .stats import SolveStats, last_solve_stats, track_stats
 from .tableau import ButcherTableau
 

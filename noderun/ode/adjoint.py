@@ -36,7 +36,8 @@ from torch.autograd.function import once_differentiable
 from . import stats as _stats
 from .integrate import SolverOptions, StepHint, integrate
 from .methods import DEFAULT_METHOD, get_method
-from .solve import FlatState, State, check_times, resolve_options
+from .events import odeint_until_event
+from .inputs import FlatState, State, check_times, resolve_options
 from .step_control import SemiNorm
 from .tableau import ButcherTableau
 
@@ -192,10 +193,9 @@ def odeint_adjoint(
     if method is None:
         method = DEFAULT_METHOD
     if event_fn is not None:
-        from .events import odeint_until_event
-
         return odeint_until_event(
             func, y0, t, event_fn=event_fn, method=method, rtol=rtol, atol=atol, options=options, adjoint=True,
+            adjoint_solver=odeint_adjoint,
             adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
             adjoint_options=adjoint_options, adjoint_params=adjoint_params,
         )

@@ -60,7 +60,7 @@ from .integrate import SolverOptions
 from .interpolate import DenseOutput
 from .methods import get_method
 from .rk_step import rk_step
-from .solve import FlatState, State, check_times, odeint, resolve_options
+from .inputs import FlatState, State, check_times, resolve_options
 from .step_control import StepController, check_step, error_ratio, initial_step
 from .tableau import ButcherTableau
 
@@ -486,6 +486,7 @@ def odeint_until_event(
     atol: float = 1e-9,
     options: Optional[Dict[str, Any]] = None,
     adjoint: bool = False,
+    adjoint_solver: Optional[Callable] = None,
     **adjoint_kwargs: Any,
 ) -> Tuple[torch.Tensor, State]:
     """Solve ``dy/dt = func(t, y)`` from ``t[0]`` until ``event_fn(t, y)`` reaches zero.
@@ -508,6 +509,8 @@ def odeint_until_event(
             of steps before the event.
         adjoint: Gradients of the state from the adjoint method: the event is located without a
             graph, then ``odeint_adjoint`` is solved from ``t[0]`` to the event time.
+        adjoint_solver: With ``adjoint=True``: :func:`noderun.ode.odeint_adjoint`, which
+            ``odeint_adjoint`` passes in when it delegates here (this module sits below it).
         **adjoint_kwargs: With ``adjoint=True``: ``adjoint_rtol``, ``adjoint_atol``,
             ``adjoint_method``, ``adjoint_options``, ``adjoint_params``, passed to
             ``odeint_adjoint``.
@@ -536,6 +539,8 @@ def odeint_until_event(
         raise TypeError(f"{', '.join(sorted(adjoint_kwargs))} need adjoint=True (odeint_adjoint)")
     if event_fn is None:
         raise TypeError("odeint_until_event needs an event_fn")
+    if adjoint and adjoint_solver is None:
+        raise TypeError("adjoint=True needs adjoint_solver=noderun.ode.odeint_adjoint")
 
     times = check_times(t)
     if len(times) != 2:
@@ -614,12 +619,10 @@ def odeint_until_event(
             finally:
                 _stats.record(stats)
         if grad_on and _adjoint_needs_graph(func, y0, t, adjoint_kwargs.get("adjoint_params")):
-            from .adjoint import odeint_adjoint  # imported here: adjoint.py imports this module lazily
-
             # The time pair in float64 so that the adjoint solve ends exactly at t_e (t may be
             # float32); the gradient with respect to t[0] flows back through .to().
             t_pair = torch.stack([t[0].to(torch.float64), torch.tensor(t_e, dtype=torch.float64, device=t.device)])
-            sol = odeint_adjoint(
+            sol = adjoint_solver(
                 func, y0, t_pair, method=spec.name, rtol=rtol, atol=atol, options=options, **adjoint_kwargs
             )
             last = tuple(s[-1] for s in sol) if state.is_tuple else sol[-1]
@@ -638,73 +641,3 @@ def _adjoint_needs_graph(func: Callable, y0: State, t: torch.Tensor, adjoint_par
     elif isinstance(func, nn.Module):
         tensors += list(func.parameters())
     return any(x.requires_grad for x in tensors)
-
-
-def odeint_event(
-    func: Callable,
-    y0: State,
-    t0: torch.Tensor,
-    *,
-    event_fn: Callable,
-    reverse_time: bool = False,
-    odeint_interface: Callable = odeint,
-    **kwargs: Any,
-) -> Tuple[torch.Tensor, State]:
-    """Solve from ``t0`` until ``event_fn(t, y)`` reaches zero (torchdiffeq's ``odeint_event``).
-
-    Args:
-        func, y0: As for ``odeint``.
-        t0: Initial time: a tensor with one element (0-dim or ``[1]``), or a number (then a
-            tensor of ``y0``'s dtype).
-        event_fn: As for :func:`odeint_until_event`.
-        reverse_time: Integrate backwards in time (towards decreasing ``t``).
-        odeint_interface: ``noderun.ode.odeint`` (default), ``noderun.ode.odeint_adjoint``, or
-            any function with torchdiffeq's ``odeint(func, y0, t, event_fn=..., **kwargs)``
-            signature and return value (e.g. ``torchdiffeq.odeint``).
-        **kwargs: Passed to ``odeint_interface`` (``method``, ``rtol``, ``atol``, ``options``,
-            the ``adjoint_*`` arguments).
-
-    Returns:
-        ``(event_t, solution)`` as :func:`odeint_until_event`: ``event_t`` 0-dim, ``solution``
-        ``[2, *y0.shape]`` (or a tuple), with gradients through the event time.  noderun's
-        solvers attach those themselves; for another interface (whose event time carries no
-        gradient, as torchdiffeq's) they are attached here from its solution's fixed-time
-        gradients, as torchdiffeq's ``odeint_event`` does.
-    """
-    first = y0[0] if isinstance(y0, tuple) else y0
-    if not torch.is_tensor(t0):
-        t0 = torch.tensor(float(t0), dtype=first.dtype, device=first.device)
-    if t0.numel() != 1:
-        raise ValueError(f"t0 must hold a single time, got shape {tuple(t0.shape)}")
-    t0 = t0.reshape(-1)
-    # t[1] only gives the direction; the solve runs on until the event.
-    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
-
-    from .adjoint import odeint_adjoint  # imported here: adjoint.py imports this module lazily
-
-    if odeint_interface is odeint or odeint_interface is odeint_adjoint:
-        # Equivalent to odeint_interface(..., event_fn=event_fn), which delegates here, and
-        # already differentiable through the event time.
-        return odeint_until_event(func, y0, t, event_fn=event_fn, adjoint=odeint_interface is odeint_adjoint, **kwargs)
-    event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-    if _has_event_gradient(event_t) or not torch.is_grad_enabled():
-        # A wrapper around noderun's solvers: the gradient is attached already.
-        return event_t, solution
-
-    # Another solver: its event time carries no gradient and its final state the fixed-time
-    # sensitivity; attach the implicit-function gradient here.
-    state = FlatState(y0)
-    y0_flat = state.flatten(y0)
-    event = _CombinedEvent(event_fn, state, float(t0.detach()), y0_flat)
-    if event.zero_at_start:
-        return event_t, solution
-    last = tuple(s[-1] for s in solution) if state.is_tuple else solution[-1]
-    event_t, y_event = _attach_event_gradient(
-        event, state.flat_func(func), float(event_t.detach()), state.flatten(last), event_t
-    )
-    if state.is_tuple:
-        ends = state.unflatten(y_event)
-        solution = tuple(torch.cat([s[:-1], e.unsqueeze(0)]) for s, e in zip(solution, ends))
-    else:
-        solution = torch.cat([solution[:-1], state.unflatten(y_event).unsqueeze(0)])
-    return event_t, solution

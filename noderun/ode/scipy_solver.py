@@ -44,7 +44,7 @@ def solve_with_scipy(
     """Solve the flat problem with ``solve_ivp``; return the ``[len(times), N]`` solution (no graph).
 
     Args:
-        state: The :class:`~noderun.ode.solve.FlatState` of ``y0``.
+        state: The :class:`~noderun.ode.inputs.FlatState` of ``y0``.
         func: The user's dynamics.
         y0: Flat ``[N]`` initial state.
         times: Validated output times (Python floats).

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from noderun.ode import odeint, odeint_adjoint
-from noderun.ode.solve import FlatState
+from noderun.ode.inputs import FlatState
 
 CL = torch.channels_last
 

@@ -368,6 +368,9 @@ def test_invalid_calls():
     with pytest.raises(TypeError, match="adjoint=True"):
         odeint_until_event(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=ev, adjoint_rtol=1e-6)
     with pytest.raises(ValueError, match="adjoint_params"):
+        odeint_until_event(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=ev, adjoint=True,
+                           adjoint_solver=odeint_adjoint)
+    with pytest.raises(TypeError, match="adjoint_solver"):
         odeint_until_event(f, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=ev, adjoint=True)
     with pytest.raises(ODESolverError, match="non-finite"):
         odeint_event(f, y0, T0, event_fn=lambda t, y: y * float("nan"))
@@ -387,7 +390,8 @@ def test_odeint_event_fn_delegates_to_odeint_until_event(adjoint):
     y0 = torch.tensor([10.0, 2.0], dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=F64)  # t[1] only gives the direction: the event is at 1.65
     event_t, sol = solver(ball, y0, t, event_fn=height, **TOL)
-    direct_t, direct_sol = odeint_until_event(ball, y0, t, event_fn=height, adjoint=adjoint, **TOL)
+    direct_t, direct_sol = odeint_until_event(ball, y0, t, event_fn=height, adjoint=adjoint,
+                                              **({"adjoint_solver": odeint_adjoint} if adjoint else {}), **TOL)
     assert event_t.item() == direct_t.item()
     torch.testing.assert_close(sol, direct_sol, rtol=0, atol=0)
     t_ref, _ = ball_impact(y0[0], y0[1], ball.g)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import inspect
 import sys
-import types
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
+import noderun.ode.adjoint
+import noderun.ode.solve
 from noderun.ode import METHODS, ODESolverError, get_method, odeint, odeint_adjoint, track_stats
 from noderun.ode import methods as methods_module
 
@@ -203,7 +204,8 @@ def test_event_fn_is_delegated_to_odeint_until_event(monkeypatch, adjoint):
         calls.append((func, y0, t, kwargs))
         return "delegated"
 
-    monkeypatch.setitem(sys.modules, "noderun.ode.events", types.SimpleNamespace(odeint_until_event=odeint_until_event))
+    monkeypatch.setattr(noderun.ode.solve, "odeint_until_event", odeint_until_event)
+    monkeypatch.setattr(noderun.ode.adjoint, "odeint_until_event", odeint_until_event)
     event_fn = lambda t, y: y[..., 0]  # noqa: E731
     if adjoint:
         out = odeint_adjoint(pendulum, Y0, T[:2], event_fn=event_fn, rtol=1e-5, adjoint_atol=1e-4, adjoint_params=())
@@ -215,7 +217,7 @@ def test_event_fn_is_delegated_to_odeint_until_event(monkeypatch, adjoint):
     expected = dict(event_fn=event_fn, adjoint=adjoint)
     if adjoint:
         expected.update(method="dopri5", rtol=1e-5, atol=1e-9, options=None, adjoint_rtol=None, adjoint_atol=1e-4,
-                        adjoint_method=None, adjoint_options=None, adjoint_params=())
+                        adjoint_method=None, adjoint_options=None, adjoint_params=(), adjoint_solver=odeint_adjoint)
     else:
         expected.update(method="rk4", rtol=1e-7, atol=1e-6, options={"step_size": 0.1})
     assert kwargs == expected
