@@ -27,26 +27,12 @@ import time
 
 import torch
 from tabulate import tabulate
-from torch import nn
 
+from bench_ode import MLP, vdp  # the same problems as bench_ode.py (this folder is on sys.path when run)
 from noderun.ode import odeint, odeint_adjoint, track_stats
 
 F64 = torch.float64
 TOLERANCES = [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
-
-
-def vdp(t, y, mu=2.0):
-    x, v = y[:, 0], y[:, 1]
-    return torch.stack([v, mu * (1 - x * x) * v - x], dim=1)
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 4))
-
-    def forward(self, t, y):
-        return self.net(y)
 
 
 def van_der_pol_problem():

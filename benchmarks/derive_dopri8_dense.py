@@ -26,52 +26,20 @@ order on solves, independently of this script.
 
 from __future__ import annotations
 
-import itertools
 from fractions import Fraction
 
 import mpmath as mp
 
 from noderun.ode.methods import DOPRI8
+from noderun.ode.trees import rooted_trees as trees
+from noderun.ode.trees import tree_gamma as gamma
+from noderun.ode.trees import tree_order as order
 
 mp.mp.dps = 40
 
 # Nodes of the six extra stages: the first two use the order-5 interpolant, the other four the
 # order-6 one.  Chosen among a few spreads over (0, 1) for the smallest order-8 residual.
 SIGMAS = ("0.3", "0.7", "0.5", "0.15", "0.85", "0.95")
-
-
-def trees(n, _memo={}):
-    """Rooted trees with ``n`` vertices, each a sorted tuple of its subtrees."""
-    if n not in _memo:
-        if n == 1:
-            _memo[n] = [()]
-        else:
-            found = set()
-            for parts in _partitions(n - 1, n - 1):
-                for children in itertools.product(*[trees(p) for p in parts]):
-                    found.add(tuple(sorted(children)))
-            _memo[n] = sorted(found)
-    return _memo[n]
-
-
-def _partitions(m, largest):
-    if m == 0:
-        yield []
-        return
-    for p in range(min(m, largest), 0, -1):
-        for rest in _partitions(m - p, p):
-            yield [p] + rest
-
-
-def order(t):
-    return 1 + sum(order(c) for c in t)
-
-
-def gamma(t):
-    g = order(t)
-    for c in t:
-        g *= gamma(c)
-    return g
 
 
 def to_mp(x):

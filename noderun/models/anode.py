@@ -18,36 +18,12 @@ Dupont et al.'s own convolutional ANODE feeds all C + A channels to a linear lay
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from noderun.models.blocks import classifier_head, downsampling
-from noderun.models.odenet import ConvODEFunc, ODEBlock
+from noderun.models.odenet import AugmentedODEBlock, build_odenet
 from noderun.models.solver import SolverSpec
 
-
-class AugmentedODEBlock(ODEBlock):
-    """h(1)[:, :C] of dh/dt = func(t, h) over [0, 1] from h(0) = [input, 0] (A zero channels).
-
-    The solve, mixed precision and memory layout are ODEBlock's (the augmented state is what it
-    solves); func must map C + A channels to C + A channels.
-    """
-
-    def __init__(self, func: nn.Module, solver: SolverSpec | None = None, *, augment_channels: int,
-                 t1: float = 1.0, channels_last: bool = False):
-        super().__init__(func, solver, t1=t1, channels_last=channels_last)
-        if augment_channels < 0:
-            raise ValueError(f"augment_channels={augment_channels} must be >= 0")
-        self.augment_channels = augment_channels
-
-    def augment(self, h: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, C + A, H, W], the A appended channels zero."""
-        return F.pad(h, (0, 0, 0, 0, 0, self.augment_channels)) if self.augment_channels else h
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        channels = h.shape[1]
-        return super().forward(self.augment(h))[:, :channels]
+__all__ = ["AugmentedODEBlock", "build_anode"]
 
 
 def build_anode(
@@ -65,8 +41,5 @@ def build_anode(
     Input float [B, 1, 28, 28]; output logits [B, num_classes]. 220,366 parameters at C = 64,
     A = 5 (the ODE-Net: 208,266); with A = 0 the ODE-Net itself (same parameter names).
     """
-    func = ConvODEFunc(channels + augment_channels, time_channel=time_channel, conv_impl=conv_impl)
-    if channels_last:
-        func = func.to(memory_format=torch.channels_last)
-    block = AugmentedODEBlock(func, solver, augment_channels=augment_channels, channels_last=channels_last)
-    return nn.Sequential(downsampling(channels), block, classifier_head(channels, num_classes))
+    return build_odenet(channels, num_classes, solver, augment_channels=augment_channels,
+                        time_channel=time_channel, channels_last=channels_last, conv_impl=conv_impl)

@@ -145,6 +145,30 @@ class ODEBlock(nn.Module):
         return out.contiguous() if self.channels_last else out
 
 
+class AugmentedODEBlock(ODEBlock):
+    """h(1)[:, :C] of dh/dt = func(t, h) over [0, 1] from h(0) = [input, 0] (A zero channels).
+
+    The solve, mixed precision and memory layout are ODEBlock's (the augmented state is what it
+    solves); func must map C + A channels to C + A channels.
+    """
+
+    def __init__(self, func: nn.Module, solver: SolverSpec | None = None, *, augment_channels: int,
+                 t1: float = 1.0, channels_last: bool = False):
+        super().__init__(func, solver, t1=t1, channels_last=channels_last)
+        if augment_channels < 0:
+            raise ValueError(f"augment_channels={augment_channels} must be >= 0")
+        self.augment_channels = augment_channels
+
+    def augment(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C + A, H, W], the A appended channels zero."""
+        return F.pad(h, (0, 0, 0, 0, 0, self.augment_channels)) if self.augment_channels else h
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        channels = h.shape[1]
+        return super().forward(self.augment(h))[:, :channels]
+
+
+
 class _AutocastDynamics(nn.Module):
     """func under autocast to `dtype`, its output cast back to the state's dtype."""
 
@@ -165,6 +189,7 @@ def build_odenet(
     time_channel: str = "exact",
     channels_last: bool = False,
     conv_impl: str = "torch",
+    augment_channels: int = 0,
 ) -> nn.Sequential:
     """208,266 parameters at 64 channels. Input float [B, 1, 28, 28]; output logits [B, 10].
 
@@ -172,10 +197,14 @@ def build_odenet(
     adjoint=False gives the RK-Net). The reference network as published (time concatenated as a
     channel, NCHW, torchdiffeq) is ``time_channel="concat", channels_last=False`` with
     ``solver.backend="torchdiffeq"``; every variant has the same parameter names, so a
-    state_dict loads into any of them.
+    state_dict loads into any of them. augment_channels > 0: the ANODE (noderun.models.anode),
+    its ODE state [B, C + A, 6, 6] with A zero channels appended and dropped before the head.
     """
-    func = ConvODEFunc(channels, time_channel=time_channel, conv_impl=conv_impl)
+    func = ConvODEFunc(channels + augment_channels, time_channel=time_channel, conv_impl=conv_impl)
     if channels_last:
         func = func.to(memory_format=torch.channels_last)
-    block = ODEBlock(func, solver, channels_last=channels_last)
+    if augment_channels:
+        block = AugmentedODEBlock(func, solver, augment_channels=augment_channels, channels_last=channels_last)
+    else:
+        block = ODEBlock(func, solver, channels_last=channels_last)
     return nn.Sequential(downsampling(channels), block, classifier_head(channels, num_classes))

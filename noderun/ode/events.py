@@ -56,7 +56,7 @@ from torch import nn
 
 from . import stats as _stats
 from .errors import ODESolverError
-from .integrate import SolverOptions
+from .integrate import SolverOptions, count_rejection
 from .interpolate import DenseOutput
 from .methods import get_method
 from .rk_step import rk_step
@@ -68,9 +68,6 @@ FlatFunc = Callable[[float, torch.Tensor], torch.Tensor]
 
 ADJOINT_KWARGS = frozenset({"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params"})
 
-# Same meaning as in integrate.py: a rejected step whose error is NaN/inf is retried smaller;
-# this many in a row means the dynamics themselves are non-finite.
-_MAX_NONFINITE_REJECTIONS = 30
 # Root refinement stops long before this (the bracket halves at least every other iteration and
 # the tolerance is a few ulps of the step fraction); it only guards against a pathological g.
 _MAX_ROOT_ITERATIONS = 200
@@ -225,14 +222,7 @@ def _step_until_sign_change(
                 return _EventStep(t, t_new, hs, y, k1, res.K, res.y1, res.f1, g, g_new)
             t, y, k1, g = t_new, res.y1, res.f1, g_new  # f1 is None unless FSAL: computed at the loop's top
         else:
-            stats.steps_rejected += 1
-            if not math.isfinite(ratio):
-                nonfinite += 1
-                if nonfinite >= _MAX_NONFINITE_REJECTIONS:
-                    raise ODESolverError(
-                        f"the dynamics return non-finite values at t={t!r} even with step size {h!r}; "
-                        "check func and y0, or lower options['max_step']."
-                    )
+            nonfinite = count_rejection(stats, ratio, nonfinite, t, h)
         if adaptive:
             h = min(controller.next_step(h, ratio, accepted), o.max_step)
 

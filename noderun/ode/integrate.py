@@ -36,6 +36,21 @@ FlatFunc = Callable[[float, torch.Tensor], torch.Tensor]
 _MAX_NONFINITE_REJECTIONS = 30
 
 
+def count_rejection(stats: SolveStats, ratio: float, nonfinite: int, t: float, h: float) -> int:
+    """Count a rejected step; return the number of non-finite error ratios in a row, raising
+    ``ODESolverError`` once it reaches _MAX_NONFINITE_REJECTIONS (the dynamics, not the step,
+    produce the non-finite values)."""
+    stats.steps_rejected += 1
+    if math.isfinite(ratio):
+        return nonfinite
+    if nonfinite + 1 >= _MAX_NONFINITE_REJECTIONS:
+        raise ODESolverError(
+            f"the dynamics return non-finite values at t={t!r} even with step size "
+            f"{h!r}; check func and y0, or lower options['max_step']."
+        )
+    return nonfinite + 1
+
+
 @dataclass(frozen=True)
 class SolverOptions:
     """Resolved solver settings (see :func:`noderun.ode.odeint` for the meaning).
@@ -409,14 +424,7 @@ def _integrate_adaptive(
             after_jump = ends_at_jump
             t, y, k1 = t_new, res.y1, (None if ends_at_jump else f1)
         else:
-            stats.steps_rejected += 1
-            if not math.isfinite(ratio):
-                nonfinite += 1
-                if nonfinite >= _MAX_NONFINITE_REJECTIONS:
-                    raise ODESolverError(
-                        f"the dynamics return non-finite values at t={t!r} even with step size "
-                        f"{h_try!r}; check func and y0, or lower options['max_step']."
-                    )
+            nonfinite = count_rejection(stats, ratio, nonfinite, t, h_try)
         h_next = controller.next_step(h_try, ratio, accepted)
         if accepted and last:
             # A step shortened to hit an output or break time says nothing against the

@@ -23,14 +23,19 @@ def finished(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "ok"]
 
 
-def mean_std(values: pd.Series, digits: int) -> str:
-    """'m ± s' over seeds (sample std), the single value for one seed, '-' for none."""
+def mean_std(values: pd.Series, digits: int = 0, *, fmt: str | None = None, std_fmt: str | None = None) -> str:
+    """'m ± s' over seeds (sample std), the single value for one seed, '-' for none.
+
+    digits: decimals of both; or fmt / std_fmt: format specs of the mean (and single value) and of
+    the std (e.g. ".4g" and ".2g" for values spanning orders of magnitude)."""
+    fmt = fmt or f".{digits}f"
+    std_fmt = std_fmt or fmt
     values = values.dropna()
     if values.empty:
         return "-"
     if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+        return f"{values.iloc[0]:{fmt}}"
+    return f"{values.mean():{fmt}} ± {values.std(ddof=1):{std_fmt}}"
 
 
 def fit_line(x, y) -> tuple[float, float]:

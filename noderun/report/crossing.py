@@ -22,16 +22,6 @@ CLASS_COLORS = {-1: "tab:orange", 1: "tab:purple"}  # by target label
 CELL_KEY = ["experiment", "dataset", "model", "augment_dim", "profile", "seed"]
 
 
-def _loss(values: pd.Series) -> str:
-    """Mean ± std to 4 significant digits (the losses span 0.5 to 1e-5), the value for one seed."""
-    values = values.dropna()
-    if values.empty:
-        return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.4g}"
-    return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
-
-
 def render_table(rows: pd.DataFrame) -> str:
     """Rows data set x model (ODE, then ANODE by augmented dimensions), mean ± std over seeds."""
     table = []
@@ -47,7 +37,8 @@ def render_table(rows: pd.DataFrame) -> str:
                 continue
             table.append([
                 dataset, label, str(int(augment)), f"{int(ok['params'].iloc[0]):,}",
-                _loss(ok["train_loss"]), _loss(ok["test_loss"]), mean_std(ok["test_accuracy"], 1),
+                mean_std(ok["train_loss"], fmt=".4g", std_fmt=".2g"),
+                mean_std(ok["test_loss"], fmt=".4g", std_fmt=".2g"), mean_std(ok["test_accuracy"], 1),
                 mean_std(ok["nfe_forward"], 1), mean_std(ok["nfe_backward"], 1),
                 mean_std(ok["time_per_iter_s"] * 1e3, 1),
                 str(len(ok)) + (f" ({len(cell) - len(ok)} failed)" if len(ok) < len(cell) else ""),

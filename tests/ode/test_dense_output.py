@@ -10,7 +10,6 @@ output time, which is what both methods did before they had an interpolant).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from fractions import Fraction
 
@@ -21,6 +20,7 @@ from noderun.ode import METHODS, ButcherTableau, odeint, track_stats
 from noderun.ode.integrate import SolverOptions, integrate
 from noderun.ode.interpolate import DenseOutput
 from noderun.ode.rk_step import rk_step
+from noderun.ode.trees import rooted_trees, tree_gamma, tree_order
 
 F64 = torch.float64
 
@@ -30,40 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (see tests/co
 # ---------------------------------------------------------------------------
 # Order conditions of b(theta) = sum_p d_p theta^p over rooted trees
 # ---------------------------------------------------------------------------
-
-
-def rooted_trees(n, _memo={}):
-    """Rooted trees with n vertices, each a sorted tuple of its subtrees."""
-    if n not in _memo:
-        if n == 1:
-            _memo[n] = [()]
-        else:
-            found = set()
-            for sizes in _partitions(n - 1, n - 1):
-                for children in itertools.product(*[rooted_trees(k) for k in sizes]):
-                    found.add(tuple(sorted(children)))
-            _memo[n] = sorted(found)
-    return _memo[n]
-
-
-def _partitions(m, largest):
-    if m == 0:
-        yield []
-        return
-    for k in range(min(m, largest), 0, -1):
-        for rest in _partitions(m - k, k):
-            yield [k] + rest
-
-
-def tree_order(t):
-    return 1 + sum(tree_order(c) for c in t)
-
-
-def tree_gamma(t):
-    g = tree_order(t)
-    for c in t:
-        g *= tree_gamma(c)
-    return g
 
 
 def stage_weights(tab: ButcherTableau):
