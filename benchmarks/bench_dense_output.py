@@ -23,7 +23,7 @@ import time
 import torch
 from tabulate import tabulate
 
-from noderun.ode import METHODS
+from noderun.ode import RUNGE_KUTTA_METHODS
 from noderun.ode.integrate import SolverOptions, integrate
 
 F64 = torch.float64
@@ -51,7 +51,7 @@ def van_der_pol():
         return torch.stack([v, 2.0 * (1 - x * x) * v - x], dim=1).reshape(-1)
 
     times = torch.linspace(0.0, 10.0, 1001, dtype=F64).tolist()
-    ref, _ = integrate(f, y0, times, METHODS["dopri8"].tableau, SolverOptions(rtol=1e-13, atol=1e-13))
+    ref, _ = integrate(f, y0, times, RUNGE_KUTTA_METHODS["dopri8"].tableau, SolverOptions(rtol=1e-13, atol=1e-13))
     return f, y0, times, ref
 
 
@@ -72,7 +72,7 @@ def main():
         f, y0, times, exact = make()
         rows = []
         for name in ("tsit5", "dopri8"):
-            tab = METHODS[name].tableau
+            tab = RUNGE_KUTTA_METHODS[name].tableau
             for tol in TOLERANCES:
                 old = run(f, y0, times, stepping(tab), tol, exact)
                 new = run(f, y0, times, tab, tol, exact)

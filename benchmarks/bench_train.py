@@ -18,7 +18,7 @@ median over the rounds after one warm-up iteration each.
      adjoint, torchdiffeq's default adjoint norm;
    - with --levers, the defaults with one setting changed at a time (adjoint seminorm,
      tsit5/dopri5, time channel, memory format, convolution implementation, backend, and
-     the native adjoint's backward first step, noderun.ode.adjoint.REUSE_FORWARD_STEP) and,
+     the native adjoint's backward first step, SolverSpec.reuse_forward_step) and,
      with --compile, the defaults with the dynamics under torch.compile (compile time
      reported apart).
    Before every iteration each variant is reset to the same weights (and fresh momentum), so
@@ -63,7 +63,6 @@ from noderun.models import build_model, ode_blocks  # noqa: E402
 from noderun.models.solver import SolverSpec  # noqa: E402
 from noderun.models.blocks import classifier_head, downsampling  # noqa: E402
 from noderun.models.odenet import ConvODEFunc  # noqa: E402
-from noderun.ode import adjoint as native_adjoint  # noqa: E402
 from noderun.ode import odeint_adjoint as native_odeint_adjoint  # noqa: E402
 from noderun.ode import track_stats  # noqa: E402
 from noderun.profiling import SavedTensorMeter, bf16_supported, device_name, git_commit, synchronize  # noqa: E402
@@ -100,7 +99,7 @@ class Variant:
     name: str
     overrides: list
     compile: bool = False
-    reuse_step: bool = True  # noderun.ode.adjoint.REUSE_FORWARD_STEP while this variant runs
+    reuse_step: bool = True  # SolverSpec.reuse_forward_step: the backward solve starts from the forward's last step
     cfg: object = None
     model: torch.nn.Module = None
     optimizer: torch.optim.Optimizer = None
@@ -112,6 +111,7 @@ class Variant:
     def build(self, state_dict, device):
         self.cfg = compose(self.overrides)
         solver = SolverSpec.from_config(self.cfg.solver, default_adjoint=self.cfg.model.adjoint)
+        solver = solver.replace(reuse_forward_step=self.reuse_step)
         self.model = build_model(self.cfg.model, solver).to(device)
         self.model.load_state_dict(state_dict)
         if self.compile:
@@ -127,7 +127,6 @@ def training_iteration(variant: Variant, state_dict, x, y, meter=None) -> float:
         for name, p in model.named_parameters():
             p.copy_(state_dict[name.replace("_orig_mod.", "")])
     optimizer.state.clear()
-    native_adjoint.REUSE_FORWARD_STEP = variant.reuse_step
     synchronize(x.device)
     start = time.perf_counter()
     mixed = variant.cfg.precision == "bf16-mixed"
@@ -198,7 +197,6 @@ def bench_run(state_dict, batches, args, log) -> list:
     records = {v.name: {"time": [], "nfe": [], "loss": []} for v in (ours, reference)}
     for step, (x, y) in enumerate(batches):
         for v in ((ours, reference) if step % 2 == 0 else (reference, ours)):
-            native_adjoint.REUSE_FORWARD_STEP = v.reuse_step
             synchronize(device)
             start = time.perf_counter()
             with track_stats() as stats:

@@ -13,7 +13,7 @@ Drop-in for the call shape of torchdiffeq's ``odeint`` / ``odeint_adjoint``::
 
 from .adjoint import odeint_adjoint
 from .errors import ODESolverError
-from .methods import METHODS, get_method
+from .methods import METHODS, RUNGE_KUTTA_METHODS, get_method
 from .solve import odeint, odeint_event
 from .stats import SolveStats, last_solve_stats, track_stats
 from .tableau import ButcherTableau
@@ -27,6 +27,7 @@ __all__ = [
     "track_stats",
     "last_solve_stats",
     "METHODS",
+    "RUNGE_KUTTA_METHODS",
     "get_method",
     "ButcherTableau",
 ]

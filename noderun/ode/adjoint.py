@@ -133,15 +133,6 @@ class _OdeintAdjointFunction(torch.autograd.Function):
         return (a, grad_t, None, *grad_params)
 
 
-# The backward solve starts from the step size the forward solve's controller proposed at
-# the final time (and each earlier interval from the previous interval's last step)
-# instead of selecting an initial step: that saves the selection's evaluation of the
-# augmented dynamics and, since the selection is cautious, often a whole step (ODE-Net:
-# 32 -> 25 backward evaluations freshly initialised, 20 -> 13 trained; benchmarks/README.md).
-# Error control is unchanged. An explicit adjoint_options["first_step"] takes precedence.
-REUSE_FORWARD_STEP = True
-
-
 def odeint_adjoint(
     func: Callable,
     y0: State,
@@ -178,7 +169,16 @@ def odeint_adjoint(
             when the adjoint method is the forward method, else to ``{}``.
             ``{"norm": "seminorm"}`` leaves the parameter-gradient channels out
             of the step-size error norm, which usually saves backward steps
-            (Kidger, Chen, Lyons, ICML 2021).
+            (Kidger, Chen, Lyons, ICML 2021); an adaptive adjoint method only.
+            ``{"reuse_forward_step": False}``: the backward solve selects its
+            initial step afresh, as torchdiffeq does.  By default (``True``) it
+            starts from the step the forward solve's controller proposed at the
+            final time (and each earlier interval from the previous interval's
+            last step): that saves the selection's evaluation of the augmented
+            dynamics and, since the selection is cautious, often a whole step
+            (ODE-Net: 32 -> 25 backward evaluations freshly initialised, 20 ->
+            13 trained; benchmarks/README.md).  Error control is the same
+            either way, and an explicit ``first_step`` takes precedence.
         adjoint_params: Tensors whose gradients are computed.  Defaults to
             ``tuple(func.parameters())``; required when ``func`` is not an
             ``nn.Module``.
@@ -214,6 +214,18 @@ def odeint_adjoint(
     if adjoint_options is None:
         adjoint_options = options if adj_spec.name == spec.name else None
     adj_options = dict(adjoint_options or {})
+    backward_fixed = not adj_spec.adaptive or adj_options.get("step_size") is not None
+    # Options that only adaptive step-size control uses: refused, not ignored, with fixed steps.
+    for key in ("reuse_forward_step", "norm"):
+        if key in adj_options and backward_fixed and adj_options[key] not in (None, "rms"):
+            raise ValueError(
+                f"adjoint option {key!r} acts on adaptive step-size control, and the backward solve takes fixed "
+                f"steps (method {adj_spec.name!r}{' with step_size' if adj_spec.adaptive else ''}); drop it, or use "
+                "an adaptive adjoint_method without step_size"
+            )
+    reuse_forward_step = adj_options.pop("reuse_forward_step", True)
+    if not isinstance(reuse_forward_step, bool):
+        raise ValueError(f"adjoint option 'reuse_forward_step' must be True or False, got {reuse_forward_step!r}")
     seminorm = adj_options.get("norm") == "seminorm"
     if seminorm:
         del adj_options["norm"]
@@ -237,7 +249,7 @@ def odeint_adjoint(
         adjoint_options=adj_opts,
         params=params,
         sinks=_stats.active_sinks(),
-        hint=StepHint() if REUSE_FORWARD_STEP else None,
+        hint=StepHint() if reuse_forward_step else None,
     )
     ys = _OdeintAdjointFunction.apply(state.flatten(y0), t, cfg, *params)
     return state.unflatten_solution(ys)

@@ -15,7 +15,7 @@ takes a single initial time.  The semantics are those of torchdiffeq 0.2.5:
   at ``t0`` and ``event_t``.
 
 How the event is found.  The step loop (the same building blocks as :mod:`.integrate`:
-``rk_step``, ``StepController``, ``error_ratio``, ``DenseOutput``) evaluates the combined event
+``rk_step``, the step-size controller, ``error_ratio``, ``DenseOutput``) evaluates the combined event
 value at the end of every accepted step; in the step where it first becomes ``<= 0`` the root is
 bracketed and refined by the Illinois method (regula falsi with the stale end's value halved,
 plus bisection whenever the bracket fails to halve) to a bracket of a few units of the state
@@ -61,10 +61,13 @@ from .interpolate import DenseOutput
 from .methods import get_method
 from .rk_step import rk_step
 from .inputs import FlatState, State, check_times, resolve_options
-from .step_control import StepController, check_step, error_ratio, initial_step
+from .step_control import check_step, error_ratio, initial_step, make_controller
 from .tableau import ButcherTableau
 
 FlatFunc = Callable[[float, torch.Tensor], torch.Tensor]
+
+# Options of odeint that the event solve refuses (see odeint_until_event).
+EVENT_REFUSED_OPTIONS = ("step_t", "jump_t", "perturb")
 
 ADJOINT_KWARGS = frozenset({"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params"})
 
@@ -168,16 +171,19 @@ def _step_until_sign_change(
 
     Why a loop of its own: ``integrate`` needs its output times in advance and keeps its steps
     to itself, while the event needs the event function checked after every accepted step and
-    that step's stages for the root.  The adaptive logic (initial step, error ratio, controller,
-    ``max_step``, non-finite retries, ``check_step``) is the one of ``integrate``, from the same
-    building blocks.  Fixed steps (``options['step_size']``) are ``t0 + n * direction * step``.
+    that step's stages for the root.  The adaptive logic (initial step, error ratio, the
+    controller of ``options['controller']``, ``max_step``, non-finite retries, ``check_step``) is
+    the one of ``integrate``, from the same building blocks.  Fixed steps
+    (``options['step_size']``) are ``t0 + n * direction * step``.  The options this loop has no
+    use for (``step_t``, ``jump_t``, ``perturb``) are refused by ``odeint_until_event``.
     """
     adaptive = tableau.adaptive and o.step_size is None
     t, y = t0, y0
     k1: Optional[torch.Tensor] = f(t, y)
     g = g0  # combined event value at t
     if adaptive:
-        controller = StepController(tableau.error_order, o.safety, o.ifactor, o.dfactor)
+        controller = make_controller(o.controller, tableau.error_order, o.safety, o.ifactor, o.dfactor, o.pcoeff,
+                                     o.icoeff)
         if o.first_step is not None:
             h = float(o.first_step)
         else:
@@ -495,7 +501,8 @@ def odeint_until_event(
             zero (changes sign from its value at ``t[0]``).
         method, rtol, atol, options: As for ``odeint``.  Fixed-step methods need
             ``options['step_size']`` (as in torchdiffeq) and, for events only, also accept
-            ``options['max_num_steps']``.  ``max_num_steps`` (default 100000) bounds the number
+            ``options['max_num_steps']``.  ``step_t``, ``jump_t`` and ``perturb`` are refused
+            (``ValueError``): the event solve does not step onto given times.  ``max_num_steps`` (default 100000) bounds the number
             of steps before the event.
         adjoint: Gradients of the state from the adjoint method: the event is located without a
             graph, then ``odeint_adjoint`` is solved from ``t[0]`` to the event time.
@@ -559,6 +566,14 @@ def odeint_until_event(
         # before an event it is not, so accept it here.
         if "max_num_steps" in options:
             event_max_steps = _positive_int("max_num_steps", options.pop("max_num_steps"))
+    # Stepping onto given times, and restarting at them, belongs to integrate's loop; the event loop
+    # steps freely until the event, so it refuses these rather than ignore them.
+    refused = sorted(key for key in EVENT_REFUSED_OPTIONS if options.get(key) not in (None, False))
+    if refused:
+        raise ValueError(
+            f"option(s) {', '.join(map(repr, refused))} are not supported with event_fn (the event solve does not step "
+            "onto given times); drop them, or solve up to the times with odeint and locate the event after them"
+        )
     opts = resolve_options(spec, rtol, atol, options)
     if event_max_steps is not None:
         opts = dataclasses.replace(opts, max_num_steps=event_max_steps)

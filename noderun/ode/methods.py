@@ -8,6 +8,7 @@ estimate; adaptive ones carry embedded weights and are step-size controlled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 from fractions import Fraction as F
 
 from .tableau import ButcherTableau
@@ -366,21 +367,26 @@ DOPRI8 = ButcherTableau(
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A solver method: its tableau and whether it controls the step size."""
+    """A method of ``odeint``: a Runge-Kutta tableau, or ``scipy_solver`` (no tableau).
 
-    tableau: ButcherTableau
+    name: the ``method`` string; adaptive: whether it controls the step size; tableau: the
+    Butcher tableau every step loop of :mod:`.integrate` runs (``None`` for ``scipy_solver``,
+    which only ``odeint`` accepts: it has no gradients); source: the citation.
+    """
 
-    @property
-    def name(self) -> str:
-        return self.tableau.name
+    name: str
+    adaptive: bool
+    tableau: Optional[ButcherTableau] = None
+    source: str = ""
 
-    @property
-    def adaptive(self) -> bool:
-        return self.tableau.adaptive
+    @classmethod
+    def runge_kutta(cls, tableau: ButcherTableau) -> "MethodSpec":
+        return cls(name=tableau.name, adaptive=tableau.adaptive, tableau=tableau, source=tableau.source)
 
 
-METHODS: dict = {
-    tab.name: MethodSpec(tab)
+# The Runge-Kutta methods: every step loop (odeint, odeint_adjoint, events) runs these.
+RUNGE_KUTTA_METHODS: dict = {
+    tab.name: MethodSpec.runge_kutta(tab)
     for tab in (EULER, MIDPOINT, RK4, HEUN2, HEUN3, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8)
 }
 
@@ -388,8 +394,17 @@ METHODS: dict = {
 DEFAULT_METHOD = "dopri5"
 
 # torchdiffeq's wrapper of ``scipy.integrate.solve_ivp`` (see :mod:`.scipy_solver`): a valid
-# ``method`` of ``odeint`` (when SciPy is installed), but not a Runge-Kutta tableau.
+# ``method`` of ``odeint`` (SciPy must be installed when it runs), but not a Runge-Kutta tableau.
 SCIPY_SOLVER = "scipy_solver"
+
+# Every valid ``method`` of ``odeint``, as torchdiffeq's SOLVERS lists its own.
+METHODS: dict = {
+    **RUNGE_KUTTA_METHODS,
+    SCIPY_SOLVER: MethodSpec(
+        name=SCIPY_SOLVER, adaptive=True,
+        source="scipy.integrate.solve_ivp (Virtanen et al., Nature Methods 17 (2020)); float64, no gradients",
+    ),
+}
 
 # torchdiffeq method names that are refused, each with a one-line reason naming an alternative.
 # (In torchdiffeq 0.2.5 all three are fixed-grid Adams-Bashforth(-Moulton) solvers.)
@@ -410,19 +425,20 @@ def scipy_available() -> bool:
 
 
 def method_names() -> list:
-    """Every valid ``method`` of ``odeint``: the tableaus, then ``scipy_solver`` if SciPy is installed."""
-    return list(METHODS) + ([SCIPY_SOLVER] if scipy_available() else [])
+    """The methods ``odeint`` can run here: every one of METHODS, but ``scipy_solver`` only where
+    SciPy is installed."""
+    return [name for name in METHODS if name != SCIPY_SOLVER or scipy_available()]
 
 
 def get_method(name: str) -> MethodSpec:
-    """Look up a Runge-Kutta method by name.
+    """Look up a Runge-Kutta method by name (what the step loops and ``odeint_adjoint`` run).
 
     Raises ``ValueError`` for the Adams names (with the reason and an alternative), for
     ``scipy_solver`` (not a tableau: only ``odeint`` accepts it) and, listing the valid names,
     for any other unknown name.
     """
     try:
-        return METHODS[name]
+        return RUNGE_KUTTA_METHODS[name]
     except (KeyError, TypeError):
         pass
     if isinstance(name, str) and name in UNSUPPORTED_METHODS:

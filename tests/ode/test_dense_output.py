@@ -16,7 +16,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from noderun.ode import METHODS, ButcherTableau, odeint, track_stats
+from noderun.ode import RUNGE_KUTTA_METHODS, ButcherTableau, odeint, track_stats
 from noderun.ode.integrate import SolverOptions, integrate
 from noderun.ode.interpolate import DenseOutput
 from noderun.ode.rk_step import rk_step
@@ -64,7 +64,7 @@ def dense_residual(tab: ButcherTableau, order: int) -> float:
 
 @pytest.mark.parametrize("name, order", [("dopri5", 4), ("tsit5", 4), ("dopri8", 7)])
 def test_interpolant_satisfies_every_order_condition_up_to_its_order(name, order):
-    tab = METHODS[name].tableau
+    tab = RUNGE_KUTTA_METHODS[name].tableau
     assert tab.dense_order == order
     for n in range(1, order + 1):
         # dopri8's coefficients reach ~2e3 and cancel to weights below 1: round-off ~1e-13.
@@ -76,7 +76,7 @@ def test_interpolant_satisfies_every_order_condition_up_to_its_order(name, order
 def test_dopri8_extra_stages_have_stage_order_five():
     # The extra stages are evaluated on lower-order interpolants: their inputs are accurate
     # to stage order 5 (the first two) and 6 (the other four), which the order-7 extension needs.
-    tab = METHODS["dopri8"].tableau
+    tab = RUNGE_KUTTA_METHODS["dopri8"].tableau
     phi = stage_weights(tab)
     s = tab.num_stages
     for e, (c, row) in enumerate(zip(tab.dense_c, tab.dense_a)):
@@ -102,7 +102,7 @@ PROBLEMS = {
 
 def one_step_dense_error(name, problem, h, thetas=(0.2, 0.35, 0.5, 0.65, 0.8)):
     f, exact, t0 = PROBLEMS[problem]
-    tab = METHODS[name].tableau
+    tab = RUNGE_KUTTA_METHODS[name].tableau
     dense = DenseOutput(tab, extra_stages=True)
     func = lambda t, y: f(torch.tensor(t, dtype=F64), y)  # noqa: E731
     y0 = torch.tensor([exact(t0)], dtype=F64)
@@ -121,7 +121,7 @@ def test_measured_order_of_the_interpolant(name, problem):
     h1, h2 = ORDER_STEPS[name]
     e1, e2 = one_step_dense_error(name, problem, h1), one_step_dense_error(name, problem, h2)
     slope = math.log(e1 / e2) / math.log(h1 / h2)
-    expected = METHODS[name].tableau.dense_order + 1  # local error of an order-q interpolant
+    expected = RUNGE_KUTTA_METHODS[name].tableau.dense_order + 1  # local error of an order-q interpolant
     print(f"{name} on {problem}: dense error {e1:.2e} (h={h1}), {e2:.2e} (h={h2}), slope {slope:.2f}")
     assert abs(slope - expected) < 0.6, (e1, e2, slope)
 
@@ -146,7 +146,7 @@ def exact_linear(t):
 def stepping_tableau(name):
     """The method as it was before it had an interpolant: steps onto every output time."""
     return dataclasses.replace(
-        METHODS[name].tableau, dense=None, dense_order=None, dense_c=(), dense_a=(), name=f"{name}_no_dense"
+        RUNGE_KUTTA_METHODS[name].tableau, dense=None, dense_order=None, dense_c=(), dense_a=(), name=f"{name}_no_dense"
     )
 
 
@@ -167,8 +167,8 @@ def test_many_outputs_cost_few_steps(name):
     exact = exact_linear(times)
     rtol = 1e-7
     ys_old, old = solve_flat(stepping_tableau(name), times.tolist(), rtol)
-    ys_new, new = solve_flat(METHODS[name].tableau, times.tolist(), rtol)
-    ys_eq, eq = solve_flat(METHODS[name].tableau, times.tolist(), EQUAL_ERROR_RTOL[name])
+    ys_new, new = solve_flat(RUNGE_KUTTA_METHODS[name].tableau, times.tolist(), rtol)
+    ys_eq, eq = solve_flat(RUNGE_KUTTA_METHODS[name].tableau, times.tolist(), EQUAL_ERROR_RTOL[name])
     err_old, err_new, err_eq = ((ys - exact).abs().max().item() for ys in (ys_old, ys_new, ys_eq))
     print(
         f"\n{name}, 1000 outputs, rtol=atol={rtol}: stepping onto outputs {old.steps_accepted} steps, "
@@ -250,7 +250,7 @@ def test_dopri8_interpolation_costs_six_evaluations_per_step_with_outputs():
 
 
 def test_dense_output_without_extra_stages_falls_back_to_cubic_hermite():
-    tab = METHODS["dopri8"].tableau
+    tab = RUNGE_KUTTA_METHODS["dopri8"].tableau
     plain = DenseOutput(tab)
     assert plain.num_extra == 0 and plain.order == 3
     full = DenseOutput(tab, extra_stages=True)
@@ -260,7 +260,7 @@ def test_dense_output_without_extra_stages_falls_back_to_cubic_hermite():
     with pytest.raises(ValueError, match="needs 6 extra stages: pass func and t0"):
         full.evaluate(y0, 0.1, K, None, [0.5])
     # tsit5's interpolant needs no extra stage: the same either way
-    assert DenseOutput(METHODS["tsit5"].tableau).order == 4
+    assert DenseOutput(RUNGE_KUTTA_METHODS["tsit5"].tableau).order == 4
 
 
 def _heun(**overrides):

@@ -400,3 +400,46 @@ def test_odeint_event_fn_delegates_to_odeint_until_event(adjoint):
     want = torch.autograd.grad(t_ref, (y0, ball.g))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# Step options: honoured, or refused in one line
+# ---------------------------------------------------------------------------
+
+
+def _pendulum(t, y):
+    return torch.stack([y[1], -torch.sin(y[0])])
+
+
+def _pendulum_event(options, tol=1e-6):
+    """The first time a pendulum released at angle 2 passes the bottom (no closed form)."""
+    with track_stats() as stats:
+        event_t, _ = odeint(_pendulum, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+                            event_fn=lambda t, y: y[0], rtol=tol, atol=tol, options=options)
+    return float(event_t), stats
+
+
+def test_the_event_solve_takes_the_pi_controller_and_its_coefficients():
+    exact, _ = _pendulum_event(None, tol=1e-12)
+    t_integral, integral = _pendulum_event(None)
+    t_pi, pi = _pendulum_event({"controller": "pi"})
+    t_tuned, tuned = _pendulum_event({"controller": "pi", "pcoeff": 0.0, "icoeff": 1.0})
+    for t in (t_integral, t_pi, t_tuned):
+        assert t == pytest.approx(exact, abs=1e-5)
+    # pcoeff 0, icoeff 1 is the integral controller; the default PI coefficients take other steps
+    assert (tuned.steps_accepted, tuned.nfe_forward) == (integral.steps_accepted, integral.nfe_forward)
+    assert (pi.steps_accepted, pi.nfe_forward) != (integral.steps_accepted, integral.nfe_forward)
+
+
+@pytest.mark.parametrize("options, name", [
+    ({"step_t": torch.tensor([0.2])}, "'step_t'"),
+    ({"jump_t": torch.tensor([0.2])}, "'jump_t'"),
+    ({"step_size": 0.01, "perturb": True}, "'perturb'"),
+])
+@pytest.mark.parametrize("adjoint", [False, True], ids=["backprop", "adjoint"])
+def test_options_the_event_solve_cannot_honour_are_refused(options, name, adjoint):
+    method = "rk4" if "perturb" in options else "dopri5"
+    with pytest.raises(ValueError, match=rf"^option\(s\) {name} are not supported with event_fn") as info:
+        interface(adjoint)(Ball(), torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+                           event_fn=height, method=method, options=options)
+    assert "\n" not in str(info.value)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from noderun.ode import METHODS, odeint
+from noderun.ode import RUNGE_KUTTA_METHODS, odeint
 
-ALL = list(METHODS)
-ADAPTIVE = [m for m, s in METHODS.items() if s.adaptive]
+ALL = list(RUNGE_KUTTA_METHODS)
+ADAPTIVE = [m for m, s in RUNGE_KUTTA_METHODS.items() if s.adaptive]
 F64 = torch.float64
 
 # Skew-symmetric A: y(t) = expm(A t) y0 rotates and conserves |y|.
@@ -26,7 +26,7 @@ def exact_linear(t):
 
 def opts(method, step):
     # Fixed-step methods need a step size to be accurate; adaptive ones control it.
-    return {"step_size": step} if not METHODS[method].adaptive else None
+    return {"step_size": step} if not RUNGE_KUTTA_METHODS[method].adaptive else None
 
 
 @pytest.mark.parametrize("method", ALL)
@@ -121,7 +121,7 @@ def test_convergence_order(method):
         errors.append(abs(ys[-1].item() - exact))
     n1, n2 = CONVERGENCE_STEPS[method]
     slope = math.log(errors[0] / errors[1]) / math.log(n2 / n1)
-    assert abs(slope - METHODS[method].tableau.order) <= 0.5, (errors, slope)
+    assert abs(slope - RUNGE_KUTTA_METHODS[method].tableau.order) <= 0.5, (errors, slope)
 
 
 # Global error / tolerance on [0, 2].  With error-per-step control the global
@@ -139,7 +139,7 @@ def test_meets_tolerance(method):
     exact = exact_linear(t)
     scale = exact.abs().max().item()
     # The low-order methods would need 1e5+ steps below 1e-7.
-    rtols = [1e-3, 1e-5, 1e-7] if METHODS[method].tableau.order <= 2 else [1e-3, 1e-5, 1e-7, 1e-10]
+    rtols = [1e-3, 1e-5, 1e-7] if RUNGE_KUTTA_METHODS[method].tableau.order <= 2 else [1e-3, 1e-5, 1e-7, 1e-10]
     for rtol in rtols:
         ys = odeint(linear, Y0, t, method=method, rtol=rtol, atol=rtol)
         err = (ys - exact).abs().max().item()

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from noderun.ode import adjoint as adjoint_module
 from noderun.ode import odeint, odeint_adjoint, track_stats
 
 F64 = torch.float64
@@ -31,7 +30,7 @@ def _run(func, y0, t, **kw):
 
 
 @pytest.mark.parametrize("times", [[0.0, 2.0], [0.0, 0.5, 1.0, 1.5, 2.0]], ids=["one interval", "four intervals"])
-def test_reusing_the_forward_step_saves_backward_evaluations_not_accuracy(monkeypatch, times):
+def test_reusing_the_forward_step_saves_backward_evaluations_not_accuracy(times):
     func = Dynamics()
     y0 = torch.randn(8, 3, dtype=F64)
     t = torch.tensor(times, dtype=F64)
@@ -39,8 +38,7 @@ def test_reusing_the_forward_step_saves_backward_evaluations_not_accuracy(monkey
     reference = torch.cat([g.flatten() for g in reference])
     results = {}
     for reuse in (False, True):
-        monkeypatch.setattr(adjoint_module, "REUSE_FORWARD_STEP", reuse)
-        results[reuse] = _run(func, y0, t, rtol=1e-6, atol=1e-6)
+        results[reuse] = _run(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options={"reuse_forward_step": reuse})
     (g_select, s_select), (g_reuse, s_reuse) = results[False], results[True]
     # every backward interval skips the initial-step selection's evaluation, at least
     assert s_reuse.nfe_backward <= s_select.nfe_backward - (len(times) - 1)
@@ -68,3 +66,30 @@ def test_an_explicit_adjoint_first_step_takes_precedence():
     _, default = _run(func, y0, t, rtol=1e-6, atol=1e-6)
     _, tiny = _run(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options={"first_step": 1e-6})
     assert tiny.nfe_backward > default.nfe_backward
+
+
+def test_reuse_is_the_default_and_an_adjoint_option_not_a_module_switch():
+    func = Dynamics()
+    y0 = torch.randn(8, 3, dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    _, default = _run(func, y0, t, rtol=1e-6, atol=1e-6)
+    _, reuse = _run(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options={"reuse_forward_step": True})
+    _, select = _run(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options={"reuse_forward_step": False})
+    assert default.nfe_backward == reuse.nfe_backward < select.nfe_backward
+    import noderun.ode.adjoint as adjoint_module
+
+    assert not hasattr(adjoint_module, "REUSE_FORWARD_STEP")
+
+
+@pytest.mark.parametrize("options", [{"reuse_forward_step": "no"}, {"reuse_forward_step": 0}])
+def test_reuse_forward_step_takes_a_bool(options):
+    with pytest.raises(ValueError, match="'reuse_forward_step' must be True or False"):
+        _run(Dynamics(), torch.randn(2, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), adjoint_options=options)
+
+
+@pytest.mark.parametrize("options", [{"norm": "seminorm"}, {"reuse_forward_step": False}])
+@pytest.mark.parametrize("method, forward", [("rk4", {"step_size": 0.1}), ("dopri5", {"step_size": 0.1})])
+def test_step_control_options_are_refused_for_a_fixed_step_backward_solve(options, method, forward):
+    with pytest.raises(ValueError, match=r"acts on adaptive step-size control.*fixed steps"):
+        _run(Dynamics(), torch.randn(2, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=method,
+             options=forward, adjoint_options={**forward, **options})

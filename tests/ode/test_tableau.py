@@ -3,12 +3,12 @@ from fractions import Fraction as F
 import pytest
 import torch
 
-from noderun.ode import METHODS, ButcherTableau, get_method
+from noderun.ode import RUNGE_KUTTA_METHODS, ButcherTableau, get_method
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(RUNGE_KUTTA_METHODS))
 def test_registered_tableaus_are_consistent(name):
-    tab = METHODS[name].tableau
+    tab = RUNGE_KUTTA_METHODS[name].tableau
     assert tab.name == name
     assert tab.source
     coeffs = tab.tensors(torch.float64, torch.device("cpu"))

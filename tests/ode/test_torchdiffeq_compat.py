@@ -15,7 +15,7 @@ from torch import nn
 
 import noderun.ode.adjoint
 import noderun.ode.solve
-from noderun.ode import METHODS, ODESolverError, get_method, odeint, odeint_adjoint, track_stats
+from noderun.ode import METHODS, RUNGE_KUTTA_METHODS, ODESolverError, get_method, odeint, odeint_adjoint, track_stats
 from noderun.ode import methods as methods_module
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
@@ -75,7 +75,7 @@ def test_every_torchdiffeq_method_agrees_or_is_refused_with_an_alternative(name)
         message = str(info.value)
         assert "\n" not in message and name in message
         assert "not implement" in message and "use method=" in message
-        named = [m for m in METHODS if f"'{m}'" in message]
+        named = [m for m in RUNGE_KUTTA_METHODS if f"'{m}'" in message]
         assert named, message
         # the named alternatives work
         for alternative in named:
@@ -116,7 +116,7 @@ def test_unknown_method_lists_every_valid_name():
     with pytest.raises(ValueError, match="unknown method 'rk45'") as info:
         odeint(pendulum, Y0, T, method="rk45")
     listed = str(info.value).split("valid methods: ")[1].split(", ")
-    assert listed == list(METHODS) + ["scipy_solver"]
+    assert listed == list(METHODS) and listed[-1] == "scipy_solver"
     assert {"heun2", "heun3", "scipy_solver"} <= set(listed)
     # every name torchdiffeq has is either valid or refused with its own message
     assert set(SOLVERS) - set(listed) == set(methods_module.UNSUPPORTED_METHODS)
@@ -337,3 +337,14 @@ def test_time_gradient_costs_len_t_uncounted_evaluations():
     with torch.no_grad():
         odeint(counted, y0, torch.tensor(TIMES, dtype=F64, requires_grad=True))
     assert calls[0] == n_calls[False]
+
+
+def test_methods_lists_every_method_odeint_accepts():
+    # torchdiffeq's SOLVERS lists scipy_solver beside its Runge-Kutta methods; so does METHODS
+    assert "scipy_solver" in METHODS and METHODS["scipy_solver"].tableau is None
+    assert set(METHODS) - set(RUNGE_KUTTA_METHODS) == {"scipy_solver"}
+    for name, spec in METHODS.items():
+        assert spec.name == name and spec.source
+        options = None if spec.adaptive else {"step_size": FIXED_STEP}
+        ys = odeint(pendulum, Y0, T, method=name, options=options)
+        assert torch.isfinite(ys).all()
