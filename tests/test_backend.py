@@ -190,3 +190,26 @@ def test_nnpack_convolutions_give_the_network_of_torch_convolutions():
     (ref, ref_grad), (out, grad) = results
     assert torch.allclose(out, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
     assert (grad - ref_grad).norm() <= 2e-3 * ref_grad.norm()
+
+
+def test_seminorm_keeps_the_forward_options_for_the_backward_solve(monkeypatch):
+    import noderun.ode
+    from omegaconf import OmegaConf
+
+    from noderun.config import SolverConfig
+
+    seen = {}
+    real = noderun.ode.odeint_adjoint
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(noderun.ode, "odeint_adjoint", spy)
+    cfg = OmegaConf.merge(OmegaConf.structured(SolverConfig), {"seminorm": True, "max_num_steps": 77})
+    spec = SolverSpec.from_config(cfg, default_adjoint=True)
+    model = build_odenet(channels=8, solver=spec)
+    model(torch.rand(2, 1, 28, 28)).sum().backward()
+    assert seen["options"] == {"max_num_steps": 77}
+    assert seen["adjoint_options"] == {"max_num_steps": 77, "norm": "seminorm"}
+

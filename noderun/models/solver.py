@@ -6,7 +6,8 @@ honour is refused by `SolverSpec.from_config` in one line instead of being ignor
 
 - `solver.step_size` sets the step of a fixed-step method; an adaptive method refuses it;
 - `solver.seminorm` changes the adjoint's backward error norm; a run that backpropagates
-  through the solver (adjoint off) refuses it;
+  through the solver (adjoint off) refuses it, and so does a fixed-step method; the backward
+  solve keeps the forward options (step size, max_num_steps) beside it;
 - `solver.backend=torchdiffeq` solves with torchdiffeq (installed, and a method it has),
   its evaluations counted into `noderun.ode.track_stats` like a native solve.
 """
@@ -51,8 +52,13 @@ def check_backend(backend: str, method: str) -> None:
 class SolverSpec:
     """Method, tolerances, options and gradient mode of one model's ODE solves.
 
-    options: `{"step_size": h}` for a fixed-step method, `{"max_num_steps": n}` for an adaptive one.
+    options: `{"step_size": h}` for a fixed-step method, `{"max_num_steps": n}` for an adaptive one;
+        the adjoint's backward solve takes the same options.
     adjoint: True for the adjoint method (O(1) memory), False to backpropagate through the solver.
+    seminorm: the adjoint's backward solve leaves the parameter-gradient channels out of its error norm.
+    reuse_forward_step: the native adjoint's backward solve starts from the forward solve's last
+        proposed step (noderun.ode.odeint_adjoint's `reuse_forward_step` option) instead of selecting
+        an initial step afresh, as torchdiffeq does.
     """
 
     method: str = "dopri5"
@@ -62,16 +68,20 @@ class SolverSpec:
     adjoint: bool = True
     seminorm: bool = False
     backend: str = "native"
+    reuse_forward_step: bool = True
 
     @classmethod
     def from_config(cls, solver_cfg, default_adjoint: bool) -> "SolverSpec":
         """The spec of a `solver` config group; `default_adjoint` is the model's own choice,
         used when `solver.adjoint` is null. Raises ConfigError naming the option and the fix."""
-        from noderun.ode.methods import METHODS, get_method
+        from noderun.ode.methods import METHODS, RUNGE_KUTTA_METHODS, get_method
 
         method = solver_cfg.method
-        if method not in METHODS:
-            raise ConfigError(f"solver.method={method!r} is invalid; valid methods: {sorted(METHODS)}")
+        if method not in RUNGE_KUTTA_METHODS:
+            if method in METHODS:  # scipy_solver: odeint only, without gradients
+                raise ConfigError(f"solver.method={method!r} has no gradients, and models train through their "
+                                  f"solves; valid methods: {sorted(RUNGE_KUTTA_METHODS)}")
+            raise ConfigError(f"solver.method={method!r} is invalid; valid methods: {sorted(RUNGE_KUTTA_METHODS)}")
         for key in ("rtol", "atol"):
             value = solver_cfg[key]
             if not (math.isfinite(value) and value > 0):
@@ -99,6 +109,11 @@ class SolverSpec:
                 "solver.seminorm=true changes the adjoint's backward solve, and this run backpropagates "
                 "through the solver (adjoint off); set solver.adjoint=true or drop solver.seminorm"
             )
+        if solver_cfg.seminorm and not get_method(method).adaptive:
+            raise ConfigError(
+                f"solver.seminorm=true changes the error norm of adaptive step-size control, and {method!r} "
+                "takes fixed steps; drop solver.seminorm, or choose an adaptive method (dopri5, tsit5, bosh3)"
+            )
         backend = solver_cfg.get("backend", "native")
         check_backend(backend, method)
         return cls(method=method, rtol=float(solver_cfg.rtol), atol=float(solver_cfg.atol), options=options,
@@ -113,6 +128,16 @@ class SolverSpec:
         """method, rtol, atol and options as `odeint` takes them."""
         return {"method": self.method, "rtol": self.rtol, "atol": self.atol, "options": dict(self.options) or None}
 
+    @property
+    def adjoint_options(self) -> dict:
+        """The native adjoint's backward-solve options: the forward ones, the norm and the first step."""
+        options = dict(self.options)
+        if self.seminorm:
+            options["norm"] = "seminorm"
+        if not self.reuse_forward_step:
+            options["reuse_forward_step"] = False
+        return options
+
     def solve(self, func: Callable, y0: Any, t: torch.Tensor, adjoint: Optional[bool] = None,
               adjoint_params: Optional[tuple] = None) -> Any:
         """y at every time of `t` from y(t[0]) = y0 (a tensor or a tuple of tensors).
@@ -124,13 +149,13 @@ class SolverSpec:
         use_adjoint = self.adjoint if adjoint is None else adjoint
         if use_adjoint and adjoint_params is None and isinstance(func, nn.Module):
             adjoint_params = tuple(func.parameters())
-        adjoint_options = {"norm": "seminorm"} if self.seminorm else None
         if self.backend == "torchdiffeq":
+            adjoint_options = {**self.options, "norm": "seminorm"} if self.seminorm else None
             return _solve_torchdiffeq(func, y0, t, self.odeint_kwargs, use_adjoint, adjoint_options, adjoint_params)
         from noderun.ode import odeint, odeint_adjoint
 
         if use_adjoint:
-            return odeint_adjoint(func, y0, t, **self.odeint_kwargs, adjoint_options=adjoint_options,
+            return odeint_adjoint(func, y0, t, **self.odeint_kwargs, adjoint_options=self.adjoint_options,
                                   adjoint_params=adjoint_params)
         return odeint(func, y0, t, **self.odeint_kwargs)
 
