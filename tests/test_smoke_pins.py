@@ -5,6 +5,12 @@ metric(s), the parameter count and the NFE of every training iteration (for figu
 not train, the NFE per evaluated batch). A change to the runner, a task or a model that moves
 any of them fails here, so a refactoring is shown to keep behaviour. Each row's common columns
 are also checked to be filled the same way for every task.
+
+The floats of the same run differ between CPUs (MKL, oneDNN and ATen pick their kernels by
+instruction set and thread count), so each value is compared within the tolerance the file
+states beside it: three times the largest deviation measured by tests/pin_spread.py across
+those code paths, on every machine the file lists. Parameter counts and the integer NFE traces,
+which none of them moved, are compared exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +25,18 @@ import torch
 from noderun.checkpoint import load_checkpoint, run_dir
 from noderun.runner import train
 
-PINS = json.loads((Path(__file__).parent / "data" / "smoke_pins.json").read_text())
+PINS = json.loads((Path(__file__).parent / "data" / "smoke_pins.json").read_text())["pins"]
+
+
+def assert_within(key: str, got, pinned, tolerance) -> None:
+    """`got` equals `pinned` within the pin's tolerance: "exact", {"rel": r} or {"abs": points}."""
+    if tolerance == "exact":
+        assert got == pinned, key
+        return
+    (kind, size), = tolerance.items()
+    bound = size * abs(pinned) if kind == "rel" else size
+    # 1e-9 absorbs the binary representation of the rounded values in the JSON and the row
+    assert abs(got - pinned) <= bound + 1e-9, f"{key}: {got} differs from the pinned {pinned} by more than {bound:g}"
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +50,13 @@ def test_smoke_run_gives_the_pinned_numbers(compose_config, mnist_dir, results, 
     cfg = compose_config(["profile=smoke", "seed=0", "device=cpu", f"results_dir={results}", f"data_dir={mnist_dir}",
                           *pin["overrides"]])
     row = train(cfg, log=lambda *_: None)
-    expected = dict(pin["expected"])
-    traces = {key: expected.pop(key) for key in ("iter_nfe_forward", "iter_nfe_backward") if key in expected}
-    for key, value in expected.items():
-        assert row[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     loop = load_checkpoint(run_dir(cfg) / "checkpoint.pt")["loop"] if cfg.task != "figure3" else None
-    if traces:
-        assert loop["nfe_forward"] == traces["iter_nfe_forward"]
-        assert loop["nfe_backward"] == traces["iter_nfe_backward"]
+    measured = dict(row)
+    if loop is not None:
+        measured.update(iter_nfe_forward=loop["nfe_forward"], iter_nfe_backward=loop["nfe_backward"])
+    assert set(pin["tolerance"]) == set(pin["expected"]), "every pinned value states its tolerance"
+    for key, value in pin["expected"].items():
+        assert_within(key, measured[key], value, pin["tolerance"][key])
     # the common columns, filled the same way whatever the task
     assert row["status"] == "ok" and row["params"] > 0 and row["device"] == "cpu" and row["torch_version"]
     if loop is not None:  # a task that trains
