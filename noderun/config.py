@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from noderun.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -317,3 +319,71 @@ def register_configs() -> None:
     for _, group, name, node in TASK_SCHEMAS:
         # conf/<group>/<file>.yaml extends it with `- /schema/<group>/<name>@_here_`
         store.store(group=f"schema/{group}", name=name, node=node, package=group)
+
+
+# ------------------------------------------------ keys a run does not read
+
+# The schema of each `/schema/<group>/<name>` a file of conf/ extends; the solver and profile
+# files extend none (Config types them), nor do the top-level keys ("" below).
+SCHEMAS: dict = {
+    ("model", "classifier"): ClassifierModelConfig,
+    ("solver", "solver"): SolverConfig,
+    ("dataset", "mnist"): MNISTDatasetConfig,
+    ("profile", "profile"): ProfileConfig,
+    **{(group, name): node for _, group, name, node in TASK_SCHEMAS},
+}
+ROOT_SCHEMAS: dict = {"solver": SolverConfig, "profile": ProfileConfig, "": Config}
+
+
+def option_defaults(group: str, option: Optional[str]) -> DictConfig:
+    """What `<group>=<option>` composes to with nothing overridden: conf/<group>/<option>.yaml over the
+    schema and files its defaults list names, interpolations unresolved. option None (or a name with no
+    file): the group's schema alone."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if option is None or not path.is_file():
+        return OmegaConf.structured(ROOT_SCHEMAS[group])
+    data = OmegaConf.load(path)
+    defaults = list(data.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    node = OmegaConf.structured(ROOT_SCHEMAS[group]) if group in ROOT_SCHEMAS else OmegaConf.create()
+    for entry in defaults:
+        if entry == "_self_":
+            node = OmegaConf.merge(node, data)
+        elif entry.startswith("/schema/"):
+            schema_group, name = entry[len("/schema/"):].split("@")[0].split("/")
+            node = OmegaConf.merge(node, OmegaConf.structured(SCHEMAS[(schema_group, name)]))
+        else:
+            node = OmegaConf.merge(node, option_defaults(group, entry))
+    return node
+
+
+@dataclass(frozen=True)
+class Unread:
+    """Keys of one config group that a run does not read: left at their file's values they are
+    harmless, changed they would say in the row something the run did not do."""
+
+    group: str  # model, solver, dataset, profile; "" for top-level keys
+    keys: tuple  # keys of that group
+    reason: str  # completes "<group>.<key>=<value> has no effect ..."; ends with what to set instead
+    option: Optional[str] = None  # conf/<group>/<option>.yaml holds the values they keep; None: the schema's
+
+
+def refuse_unread(cfg: DictConfig, unread: list) -> None:
+    """Raise ConfigError, in one line, for the first unread key whose value is not its file's."""
+    for entry in unread:
+        node = cfg[entry.group] if entry.group else cfg
+        defaults = OmegaConf.to_container(option_defaults(entry.group, entry.option), resolve=False)
+        values = OmegaConf.to_container(node, resolve=True)
+        for key in entry.keys:
+            default = defaults.get(key)
+            if isinstance(default, str) and "${" in default:
+                continue  # set by interpolation from another key: that key is the one to check
+            if values.get(key) != default:
+                path = f"{entry.group}.{key}" if entry.group else key
+                raise ConfigError(f"{path}={values.get(key)!r} has no effect {entry.reason}")
+
+
+def schema_keys(group: str, option: Optional[str] = None) -> tuple:
+    """Every key of `<group>=<option>` (its schema's and its file's)."""
+    return tuple(option_defaults(group, option).keys())

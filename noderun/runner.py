@@ -2,7 +2,8 @@
 
 What every task shares lives here, written once:
 
-- checks before any work (the common ones, then the task's own `validate`);
+- checks before any work (the common ones, then the task's own `validate`, then a refusal of
+  any config key the run would not read, `Task.unread`);
 - seeding, the device, CPU threads, and the process group under torchrun;
 - the run directory (noderun.checkpoint): resume, checkpoints at every epoch end, every
   `checkpoint_every_s` seconds at a step boundary and on Ctrl-C, the failed row of a run
@@ -39,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from noderun import distributed
 from noderun.checkpoint import RunDirectory, RunInterrupted, restore_rng_states, rng_states
+from noderun.config import refuse_unread
 from noderun.distributed import World
 from noderun.errors import ConfigError
 from noderun.profiling import (SavedTensorMeter, bf16_supported, cpu_threads, device_name, float32_matmuls, git_commit,
@@ -83,6 +85,7 @@ def validate(cfg: DictConfig) -> type[Task]:
                           "(CPU: AVX512-BF16 or AMX; CUDA: compute capability 8.0 or newer): emulated it is "
                           "slower than float32; use precision=32")
     task.validate(cfg)
+    refuse_unread(cfg, task.unread(cfg))
     return task
 
 

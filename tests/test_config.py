@@ -45,6 +45,8 @@ def _overrides(group: str, option: str) -> list[str]:
     """Options typed by a task's own schema compose with an experiment of that task (the only way
     they are meant to run: e.g. model=latent_ode with experiment=latent_ode, not with MNIST)."""
     owner = _schema_owner(group, option) if group in ("model", "dataset") else None
+    if group == "solver":  # the default model (the MLP) has no ODE block and refuses solver options
+        return ["model=odenet", f"{group}={option}"]
     if owner is None:
         return [f"{group}={option}"]
     return [f"experiment={_experiment_for(group, option, owner)}", f"{group}={option}"]

@@ -110,7 +110,8 @@ def test_seminorm_reaches_the_cnf_solve_and_its_row(compose_config, tmp_path, mo
     cfg = compose_config(["experiment=mle_cnf", "dataset=two_moons", "profile=smoke", "model.width=4",
                           "model.eval_samples=100", "solver.seminorm=true", f"results_dir={tmp_path}"])
     row = train(cfg, log=QUIET)
-    assert seen and all(options == {"norm": "seminorm"} for options in seen)
+    # the backward solve keeps the forward options (max_num_steps) beside the norm
+    assert seen and all(options == {"max_num_steps": 10_000, "norm": "seminorm"} for options in seen)
     assert '"seminorm": true' in row["config"]
 
 

@@ -35,21 +35,27 @@ def _anode(model_cfg, solver: SolverSpec) -> nn.Module:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """How to build one classifier, and whether its network holds an ODE block (solver columns apply)."""
+    """How to build one classifier, whether its network holds an ODE block (solver columns apply),
+    and the keys of the classifier model config it reads besides `name` (the task refuses the
+    others changed: they would not act)."""
 
     build: Callable[[object, SolverSpec], nn.Module]
+    reads: tuple[str, ...]
     has_ode_block: bool = False
 
 
+# `augment` (random crops) is read by the classification task for every model.
+ODE_BLOCK_KEYS = ("channels", "adjoint", "time_channel", "channels_last", "conv_impl", "augment")
 MODELS: dict[str, ModelEntry] = {
-    "mlp": ModelEntry(lambda model_cfg, solver: build_mlp(hidden=model_cfg.hidden)),
+    "mlp": ModelEntry(lambda model_cfg, solver: build_mlp(hidden=model_cfg.hidden), reads=("hidden", "augment")),
     "resnet": ModelEntry(lambda model_cfg, solver: build_resnet(n_blocks=model_cfg.n_blocks,
-                                                                channels=model_cfg.channels)),
-    "odenet": ModelEntry(_odenet, has_ode_block=True),
+                                                                channels=model_cfg.channels),
+                         reads=("channels", "n_blocks", "augment")),
+    "odenet": ModelEntry(_odenet, reads=ODE_BLOCK_KEYS, has_ode_block=True),
     # the same network; model.adjoint=false (conf/model/rknet.yaml) backpropagates through the solver
-    "rknet": ModelEntry(_odenet, has_ode_block=True),
+    "rknet": ModelEntry(_odenet, reads=ODE_BLOCK_KEYS, has_ode_block=True),
     # beyond the paper: the ODE-Net with model.augment_channels zero channels in its ODE state (Dupont et al. 2019)
-    "anode": ModelEntry(_anode, has_ode_block=True),
+    "anode": ModelEntry(_anode, reads=ODE_BLOCK_KEYS + ("augment_channels",), has_ode_block=True),
 }
 
 

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from noderun.config import Unread, schema_keys
 from noderun.distributed import World
 from noderun.errors import ConfigError
 
@@ -48,6 +49,8 @@ class Task:
         tally_names: counts `loss` returns beside the loss, summed per epoch over every process;
             "samples", when present, weights the loss in the epoch's mean.
         precisions: the `precision` values it implements.
+        profile_budget: for a task whose budget is not the profile group's (it reads only
+            `profile.name`): where its budget is set instead ("" for a task that reads every profile key).
 
     Attributes set by `__init__` (the runner checkpoints and restores them):
         model, optimizer (None for a task that does not train), scheduler (or None) stepped
@@ -60,6 +63,7 @@ class Task:
     distributed: ClassVar[bool] = False
     tally_names: ClassVar[tuple[str, ...]] = ()
     precisions: ClassVar[tuple[str, ...]] = ("32",)  # the `precision` values it implements
+    profile_budget: ClassVar[str] = ""
 
     model: nn.Module
     optimizer: Optional[torch.optim.Optimizer] = None
@@ -73,6 +77,24 @@ class Task:
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
         """Raise ConfigError for any invalid value of the task's config, before any work."""
+
+    @classmethod
+    def unread(cls, cfg: DictConfig) -> list[Unread]:
+        """The config keys this run does not read; the runner refuses any of them set to another value
+        than its config file's (noderun.config.refuse_unread), so that no row records a setting the run
+        ignored (the locations results_dir and data_dir are not settings of a run). Subclasses add their
+        own to this base list: the profile keys of a task that reads only `profile.name`, and
+        `model.adjoint` where `solver.adjoint` overrides it."""
+        unread = []
+        if cls.profile_budget:
+            # progress is the runner's (the progress bar), read for every task
+            keys = tuple(k for k in schema_keys("profile") if k not in ("name", "progress"))
+            unread.append(Unread("profile", keys, f"on task={cls.name}, which reads only profile.name of the profile "
+                                 f"group; {cls.profile_budget.replace('<profile>', cfg.profile.name)}", option=cfg.profile.name))
+        if "adjoint" in cfg.model and cfg.solver.adjoint is not None:
+            unread.append(Unread("model", ("adjoint",), f"while solver.adjoint={cfg.solver.adjoint} overrides it; "
+                                 "drop one of the two", option=cfg.model.name))
+        return unread
 
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:

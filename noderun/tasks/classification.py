@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from noderun.checkpoint import atomic_write_bytes
+from noderun.config import Unread, schema_keys
 from noderun.data.batching import epoch_permutation, random_crop, to_float
 from noderun.data.mnist import load_mnist
 from noderun.distributed import World
@@ -115,6 +116,25 @@ class ClassificationTask(Task):
                 "the classification task takes: ['mnist']")
         require(cfg.dataset.crop_padding >= 0, "dataset.crop_padding", cfg.dataset.crop_padding, "it must be >= 0")
         SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint)
+
+    @classmethod
+    def unread(cls, cfg: DictConfig) -> list[Unread]:
+        name, profile = cfg.model.name, cfg.profile
+        entry = MODELS[name]
+        unread = super().unread(cfg)
+        model_keys = tuple(k for k in schema_keys("model", name) if k != "name" and k not in entry.reads)
+        unread.append(Unread("model", model_keys, f"on model={name}; it reads model.{', model.'.join(entry.reads)}",
+                             option=name))
+        if not entry.has_ode_block:
+            unread.append(Unread("solver", schema_keys("solver"), f"on model={name}, which has no ODE block; drop "
+                                 "the solver options", option="dopri5"))
+        if not cfg.model.augment:
+            unread.append(Unread("dataset", ("crop_padding",), "with model.augment=false (no random crops); set "
+                                 "model.augment=true or drop it", option="mnist"))
+        if profile.lr_schedule != "multistep":
+            unread.append(Unread("profile", ("lr_milestones", "lr_gamma"), f"with profile.lr_schedule="
+                                 f"{profile.lr_schedule}: only multistep reads it", option=profile.name))
+        return unread
 
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:

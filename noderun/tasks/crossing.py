@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from noderun.config import Unread
 from noderun.data.crossing import sample
 from noderun.models.crossing import READOUTS, CrossingODE
 from noderun.models.solver import SolverSpec
@@ -60,6 +61,7 @@ def plot_inputs(dataset_cfg) -> tuple[torch.Tensor, torch.Tensor]:
 
 class CrossingTask(Task):
     name = "crossing"
+    profile_budget = "set model.iterations.<profile>, model.lr.<profile> and model.batch_size instead"
     columns = (
         "augment_dim",  # zero dimensions appended to the ODE state (0: the plain ODE)
         "hidden",  # units of the dynamics' hidden layers
@@ -111,6 +113,17 @@ class CrossingTask(Task):
             require(0 < data.inner_fraction < 1, "dataset.inner_fraction", data.inner_fraction,
                     "it must be in (0, 1)")
         SolverSpec.from_config(cfg.solver, default_adjoint=model.adjoint)
+
+    @classmethod
+    def unread(cls, cfg: DictConfig) -> list[Unread]:
+        unread = super().unread(cfg)
+        model, data = cfg.model, cfg.dataset
+        # model=crossing_anode takes its augment_dim from the data set's anode_augment_dim, unless set itself
+        if not (model.name == "crossing_anode" and model.augment_dim == data.anode_augment_dim):
+            unread.append(Unread("dataset", ("anode_augment_dim",), f"with model={model.name} model.augment_dim="
+                                 f"{model.augment_dim} (it is model=crossing_anode's default augment_dim); set "
+                                 "model.augment_dim instead", option=data.name))
+        return unread
 
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:

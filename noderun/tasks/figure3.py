@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from noderun.config import Unread, schema_keys
 from noderun.data.batching import to_float
 from noderun.data.mnist import load_mnist
 from noderun.errors import ConfigError
@@ -55,6 +56,7 @@ class Figure3Task(Task):
     """Evaluation only: no training steps; `finish` measures and fills the NFE columns itself."""
 
     name = "figure3"
+    profile_budget = "the images it measures are dataset.test_size.<profile> in batches of dataset.batch_size"
     columns = (
         "seminorm",  # True: adjoint error norm without the parameter channels
         "test_size",  # test images measured
@@ -97,6 +99,15 @@ class Figure3Task(Task):
         require(0 < data.reference_atol < solver.atol, "dataset.reference_atol", data.reference_atol,
                 f"it must be > 0 and tighter than solver.atol={solver.atol:g}")
         SolverSpec.from_config(cfg.solver, default_adjoint=True)
+
+    @classmethod
+    def unread(cls, cfg: DictConfig) -> list[Unread]:
+        name = cfg.model.name
+        keys = tuple(k for k in schema_keys("model", name) if k != "name")
+        return super().unread(cfg) + [Unread(
+            "model", keys, f"on task=figure3, which evaluates the Table 1 {name} checkpoint with the model config it "
+            f"was trained with; train one with that setting (noderun train model={name} ...) and sweep it",
+            option=name)]
 
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from noderun.config import Unread, schema_keys
 from noderun.data.densities import (ENERGIES, GRID, SNAPSHOTS, TOY_DATASETS, density_grid, energy, log_normalizer,
                                     sample_toy)
 from noderun.models.flows import PlanarCNF, PlanarNF
@@ -51,6 +52,8 @@ def target_of(cfg: DictConfig) -> str:
 
 class FlowsTask(Task):
     name = "flows"
+    profile_budget = ("set model.iterations.<profile>, model.lr.<profile> and model.batch_size (samples per "
+                      "iteration) instead")
     columns = (
         "kind",  # density (Figure 4) or mle (Figure 5)
         "target",  # u1, u2, u3, two_circles, two_moons
@@ -91,6 +94,16 @@ class FlowsTask(Task):
         for name, tol in model.tolerance.items():
             require(tol > 0, f"model.tolerance.{name}", tol, "it must be > 0")
         SolverSpec.from_config(cfg.solver, default_adjoint=True)
+
+    @classmethod
+    def unread(cls, cfg: DictConfig) -> list[Unread]:
+        unread = super().unread(cfg)
+        if cfg.model.name == "planar_nf":
+            unread.append(Unread("model", ("hidden", "t_end", "trace", "tolerance"), "on model=planar_nf (they "
+                                 "configure the planar CNF); drop it", option="planar_nf"))
+            unread.append(Unread("solver", schema_keys("solver"), "on model=planar_nf, which has no ODE; drop the "
+                                 "solver options", option="dopri5"))
+        return unread
 
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:

@@ -4,7 +4,7 @@ Both models see only the n_obs noisy observations of each trajectory's observati
 both are scored by the same function (noderun.data.spirals.rmse) on the noiseless time
 points after that window, on held-out trajectories. Training budgets (iterations per
 profile, learning rate) belong to the model config: this task reads only
-`cfg.profile.name` (smoke, quick, paper) of the profile group.
+`cfg.profile.name` (smoke, quick, paper) of the profile group and refuses its other keys.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from noderun.config import Unread, schema_keys
 from noderun.data.spirals import rmse, spirals_from_config, trajectory_rmse
 from noderun.models.solver import SolverSpec
 from noderun.tasks.base import Task, require
@@ -49,6 +50,7 @@ def solver_spec(cfg: DictConfig) -> SolverSpec:
 
 class SpiralsTask(Task):
     name = "spirals"
+    profile_budget = "set model.iterations.<profile> and model.lr (Adam, cosine-annealed to model.lr_min) instead"
     columns = (
         "n_obs",  # observed points per trajectory (of the observation window)
         "iterations",  # optimiser steps
@@ -107,6 +109,14 @@ class SpiralsTask(Task):
         require(data.dt > 0, "dataset.dt", data.dt, "it must be > 0")
         require(data.noise_std >= 0, "dataset.noise_std", data.noise_std, "it must be >= 0")
         solver_spec(cfg)
+
+    @classmethod
+    def unread(cls, cfg: DictConfig) -> list[Unread]:
+        unread = super().unread(cfg)
+        if cfg.model.name == "rnn":
+            unread.append(Unread("solver", schema_keys("solver"), "on model=rnn, which has no ODE; drop the solver "
+                                 "options", option="dopri5"))
+        return unread
 
     @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
