@@ -95,6 +95,7 @@ class LatentODEModelConfig:
     latent_dim: int = 4
     rec_hidden: int = 25
     dyn_hidden: int = 20
+    dyn_layers: int = 1  # hidden layers of the dynamics (the paper: 1; torchdiffeq's public example: 2)
     dec_hidden: int = 20
     cell: str = "gru"  # recognition cell: gru or rnn (tanh)
     obs_std: float = 0.3  # fixed std of the Gaussian likelihood p(x | z)
@@ -105,7 +106,12 @@ class LatentODEModelConfig:
     lr: float = 0.01  # Adam, cosine-annealed to lr_min over the iterations
     lr_min: float = 0.0005
     batch_size: Optional[int] = None  # None: all training trajectories each iteration
-    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 1500, "paper": 4000})
+    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 2000, "paper": 4000})
+    # every this many iterations the loss on the validation split is measured; the run keeps the weights
+    # of the lowest one (model selection); iterations must be a multiple of it
+    eval_every: int = 100
+    restarts: int = 1  # initialisations trained one after the other; the lowest validation loss of all is kept
+    kl_warmup: int = 0  # iterations over which the ELBO's KL weight rises linearly from 0 to 1 (0: always 1)
     threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
 
 
@@ -120,7 +126,9 @@ class RNNModelConfig:
     lr: float = 0.01
     lr_min: float = 0.0005
     batch_size: Optional[int] = None
-    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 1500, "paper": 4000})
+    iterations: Dict[str, int] = field(default_factory=lambda: {"smoke": 3, "quick": 2000, "paper": 4000})
+    eval_every: int = 100  # validation interval in iterations (model selection, as the latent ODE's)
+    restarts: int = 1  # as the latent ODE's
     threads: Optional[int] = 1  # torch CPU threads during the run (tiny tensors: 1 is fastest); None: torch's default
 
 
@@ -132,6 +140,7 @@ class SpiralsDatasetConfig:
     n_obs: int = 100  # observed points per trajectory, drawn without replacement from the observation window
     n_spirals: int = 1000  # half clockwise, half counter-clockwise
     n_train: int = 800  # trajectories for training; the other n_spirals - n_train for testing
+    n_val: int = 100  # of the n_train, held out for validation (model selection); 0: none
     n_steps: int = 100  # equally spaced time points of the observation window
     n_extrapolate: int = 100  # time points after it on which RMSE is measured
     a: float = 0.0  # r = a + b * theta
@@ -141,7 +150,9 @@ class SpiralsDatasetConfig:
     n_base: int = 800  # angles discretising [theta_min, theta_max]; a trajectory is a stretch of consecutive ones
     dt: float = 0.01  # time between grid points
     noise_std: float = 0.3  # Gaussian noise of the observations
-    seed: int = 0  # the data set's own seed: the same data whatever the training seed
+    # forecast: training windows cover every angle a test forecast reaches; same: drawn as the test ones
+    train_coverage: str = "forecast"
+    seed: Optional[int] = None  # the data set's seed; null: the run's seed, so that seeds vary the data too
 
 
 # --------------------------------------------------------- flows (Figures 4, 5)

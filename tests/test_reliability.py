@@ -250,33 +250,43 @@ def test_the_cli_exits_1_with_one_line_for_a_failed_run(mnist_dir, tmp_path):
     assert len(errors) == 1 and "max_num_steps" in errors[0]
 
 
+SMALL_SPIRALS = ["dataset.n_spirals=40", "dataset.n_train=30", "dataset.n_val=6", "dataset.n_obs=30",
+                 "model.batch_size=10"]
+
+
 @pytest.mark.parametrize(
-    "overrides, artifact",
+    "overrides, artifact, stopped, resumed",
     [
-        (["experiment=latent_ode", "dataset.n_spirals=40", "dataset.n_train=30", "dataset.n_obs=30",
-          "model.batch_size=10"], "spirals/smoke_n30_noise0.3_latent_ode_seed0.npz"),
+        (["experiment=latent_ode", *SMALL_SPIRALS, "model.iterations.smoke=6"],
+         "spirals/smoke_n30_noise0.3_latent_ode_seed0.npz", "epoch 1, step 4", "epoch 1, step 4/6"),
+        # validation every 2 iterations, two restarts: stopped where the second restart begins
+        (["experiment=latent_ode_elbo", *SMALL_SPIRALS, "model.iterations.smoke=4", "model.eval_every=2",
+          "model.restarts=2"], "spirals/smoke_n30_noise0.3_latent_ode_elbo_seed0.npz", "epoch 3, step 0",
+         "epoch 3, step 0/2"),
         (["experiment=mle_cnf", "dataset=two_moons", "model.width=4", "model.eval_samples=200",
-          "solver.rtol=1e-3", "solver.atol=1e-3"], "flows/smoke/mle_two_moons_planar_cnf_w4_s0.npz"),
+          "solver.rtol=1e-3", "solver.atol=1e-3", "model.iterations.smoke=6"],
+         "flows/smoke/mle_two_moons_planar_cnf_w4_s0.npz", "epoch 1, step 4", "epoch 1, step 4/6"),
     ],
-    ids=["latent_ode", "planar_cnf"],
+    ids=["latent_ode", "latent_ode_restarts", "planar_cnf"],
 )
-def test_iteration_tasks_resume_bit_identical_after_ctrl_c(compose_config, tmp_path, overrides, artifact):
-    args = [*overrides, "profile=smoke", "model.iterations.smoke=6"]
+def test_iteration_tasks_resume_bit_identical_after_ctrl_c(compose_config, tmp_path, overrides, artifact, stopped,
+                                                           resumed):
+    args = [*overrides, "profile=smoke"]
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     train(compose_config([*args, f"results_dir={reference_dir}"]), log=QUIET)
 
     cfg = compose_config([*args, f"results_dir={resumed_dir}"])
 
     def stop_after_three(line: str) -> None:
-        if line.startswith("step 3/6"):
+        if line.startswith(("step 3/6", "step 3/8")):
             # as Ctrl-C does: every process learns of it with the next step's collective, then stops
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(RunInterrupted, match="epoch 1, step 4"):
+    with pytest.raises(RunInterrupted, match=stopped):
         train(cfg, log=stop_after_three)
     lines = []
     train(cfg, log=lines.append)
-    assert "[noderun] resumed at epoch 1, step 4/6" in lines
+    assert f"[noderun] resumed at {resumed}" in lines
     produced = list(resumed_dir.glob(artifact.split("/")[0] + "/**/*.npz"))
     assert [p.relative_to(resumed_dir).as_posix() for p in produced] == [artifact]
     ours, theirs = np.load(resumed_dir / artifact), np.load(reference_dir / artifact)

@@ -149,7 +149,7 @@ def test_consistency_term_is_the_hand_computed_distance_between_path_and_suffix_
     assert float(difference) == pytest.approx(2.5 * float(expected), rel=1e-4) and float(expected) > 0
 
 
-SMOKE = ["profile=smoke", "dataset.n_spirals=40", "dataset.n_train=30", "dataset.n_obs=30"]
+SMOKE = ["profile=smoke", "dataset.n_spirals=40", "dataset.n_train=30", "dataset.n_val=6", "dataset.n_obs=30"]
 
 
 def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tmp_path):

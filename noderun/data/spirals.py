@@ -73,8 +73,16 @@ class SpiralSplit:
 
 @dataclass(frozen=True)
 class Spirals:
+    """train: the trajectories the model fits; val: held out from them, for model selection (None
+    without a validation split); test: the trajectories Table 2 scores."""
+
     train: SpiralSplit
     test: SpiralSplit
+    val: SpiralSplit | None = None
+
+
+# How the training trajectories' starting angles are drawn (generate_spirals' `train_coverage`).
+TRAIN_COVERAGES = ("forecast", "same")
 
 
 def generate_spirals(
@@ -84,6 +92,7 @@ def generate_spirals(
     n_extrapolate: int = 100,
     n_obs: int = 100,
     n_train: int = 800,
+    n_val: int = 0,
     a: float = 0.0,
     b: float = 0.3,
     theta_min: float = 6 * np.pi * 100 / 499,
@@ -91,15 +100,28 @@ def generate_spirals(
     n_base: int = 800,
     dt: float = 0.01,
     noise_std: float = 0.3,
+    train_coverage: str = "forecast",
     seed: int = 0,
 ) -> Spirals:
-    """The data set of one configuration: see the module docstring for every choice."""
+    """The data set of one configuration: see the module docstring for every choice.
+
+    train_coverage: "forecast" draws the training trajectories' starting angles so that their
+    observation windows cover every angle of [theta_min, theta_max], so every angle a test forecast
+    reaches lies in some training window; "same" draws them as the test trajectories', whose
+    observation windows stop n_extrapolate steps short of theta_max. The test trajectories are the
+    same either way (the same uniform draws place them).
+    n_val: the last n_val of the n_train training trajectories form the validation split.
+    """
     if n_spirals < 2 or n_spirals % 2:
         raise ValueError(f"n_spirals={n_spirals} must be an even number >= 2 (half clockwise, half counter-clockwise)")
     if not 1 <= n_obs <= n_steps:
         raise ValueError(f"n_obs={n_obs} must be in [1, n_steps={n_steps}]")
     if not 1 <= n_train < n_spirals:
         raise ValueError(f"n_train={n_train} must be in [1, n_spirals={n_spirals})")
+    if not 0 <= n_val < n_train:
+        raise ValueError(f"n_val={n_val} must be in [0, n_train={n_train})")
+    if train_coverage not in TRAIN_COVERAGES:
+        raise ValueError(f"train_coverage={train_coverage!r} is invalid; valid values: {list(TRAIN_COVERAGES)}")
     length = n_steps + n_extrapolate
     if length > n_base:
         raise ValueError(f"n_steps + n_extrapolate = {length} must be <= n_base={n_base}")
@@ -107,18 +129,24 @@ def generate_spirals(
     step = (theta_max - theta_min) / (n_base - 1)
     # Direction: exactly half clockwise, assigned in a random order.
     clockwise = rng.permutation(np.arange(n_spirals) < n_spirals // 2)
-    # Starting angle: uniform (continuous) so that the whole trajectory fits in [theta_min, theta_max].
-    start = rng.uniform(theta_min, theta_max - (length - 1) * step, size=n_spirals)
-    theta = start[:, None] + step * np.arange(length)[None, :]  # [B, L]
-    radius = a + b * theta
-    sign = np.where(clockwise, -1.0, 1.0)[:, None]
-    truth = np.stack([radius * np.cos(theta), sign * radius * np.sin(theta)], axis=-1)  # [B, L, 2]
-    noisy = truth[:, :n_steps] + noise_std * rng.standard_normal((n_spirals, n_steps, 2))
+    # Starting angle: uniform (continuous) in [theta_min, theta_max - span], span the angle the
+    # trajectory's scored points cover after its start (see train_coverage).
+    unit = rng.uniform(size=n_spirals)
+    noise = noise_std * rng.standard_normal((n_spirals, n_steps, 2))
     # n_obs distinct indices of the observation window per trajectory (argsort of uniforms
     # is a batched permutation), sorted in time.
     obs_index = np.sort(np.argsort(rng.random((n_spirals, n_steps)), axis=1)[:, :n_obs], axis=1)
     # Split by trajectory: a random permutation, the first n_train for training.
     order = rng.permutation(n_spirals)
+    span = np.full(n_spirals, (length - 1) * step)
+    if train_coverage == "forecast":
+        span[order[:n_train]] = (n_steps - 1) * step
+    start = theta_min + unit * (theta_max - span - theta_min)
+    theta = start[:, None] + step * np.arange(length)[None, :]  # [B, L]
+    radius = a + b * theta
+    sign = np.where(clockwise, -1.0, 1.0)[:, None]
+    truth = np.stack([radius * np.cos(theta), sign * radius * np.sin(theta)], axis=-1)  # [B, L, 2]
+    noisy = truth[:, :n_steps] + noise
     times = torch.arange(length, dtype=torch.float32) * dt
 
     def split(index: np.ndarray) -> SpiralSplit:
@@ -130,16 +158,22 @@ def generate_spirals(
             clockwise=torch.as_tensor(clockwise[index]),
         )
 
-    return Spirals(train=split(order[:n_train]), test=split(order[n_train:]))
+    fit = n_train - n_val
+    return Spirals(train=split(order[:fit]), test=split(order[n_train:]),
+                   val=split(order[fit:n_train]) if n_val else None)
 
 
-def spirals_from_config(dataset) -> Spirals:
-    """generate_spirals with the values of a `dataset=spirals` config node."""
+def spirals_from_config(dataset, seed: int | None = None) -> Spirals:
+    """generate_spirals with the values of a `dataset=spirals` config node; `seed` is the data seed when
+    dataset.seed is null (the run's seed)."""
+    data_seed = dataset.seed if dataset.seed is not None else seed
+    if data_seed is None:
+        raise ValueError("dataset.seed is null: pass the run's seed")
     return generate_spirals(
         n_spirals=dataset.n_spirals, n_steps=dataset.n_steps, n_extrapolate=dataset.n_extrapolate,
-        n_obs=dataset.n_obs, n_train=dataset.n_train, a=dataset.a, b=dataset.b,
+        n_obs=dataset.n_obs, n_train=dataset.n_train, n_val=dataset.n_val, a=dataset.a, b=dataset.b,
         theta_min=dataset.theta_min, theta_max=dataset.theta_max, n_base=dataset.n_base, dt=dataset.dt,
-        noise_std=dataset.noise_std, seed=dataset.seed,
+        noise_std=dataset.noise_std, train_coverage=dataset.train_coverage, seed=data_seed,
     )
 
 

@@ -43,11 +43,16 @@ def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> t
 
 
 class LatentDynamics(nn.Module):
-    """dz/dt = f(z): one hidden layer."""
+    """dz/dt = f(z): `layers` hidden layers of `hidden` ELU units (the paper: one; the public latent-ODE
+    example of torchdiffeq: two)."""
 
-    def __init__(self, latent_dim: int, hidden: int) -> None:
+    def __init__(self, latent_dim: int, hidden: int, layers: int = 1) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ELU(), nn.Linear(hidden, latent_dim))
+        sizes = [latent_dim] + [hidden] * layers
+        parts = []
+        for a, b in zip(sizes, sizes[1:]):
+            parts += [nn.Linear(a, b), nn.ELU()]
+        self.net = nn.Sequential(*parts, nn.Linear(hidden, latent_dim))
 
     def forward(self, t, z):
         return self.net(z)
@@ -74,6 +79,7 @@ class LatentODE(nn.Module):
     """
 
     def __init__(self, *, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, dyn_hidden: int = 20,
+                 dyn_layers: int = 1,
                  dec_hidden: int = 20, cell: str = "gru", obs_std: float = 0.3, gap_scale: float = 10.0,
                  consistency: float = 10.0, consistency_fraction: float = 0.5,
                  solver: SolverSpec | None = None) -> None:
@@ -82,11 +88,13 @@ class LatentODE(nn.Module):
         self.gap_scale = gap_scale  # the time gap enters the recognition cell multiplied by this
         self.rec_cell = make_cell(cell, obs_dim + 1, rec_hidden)
         self.rec_out = nn.Linear(rec_hidden, 2 * latent_dim)
-        self.dynamics = LatentDynamics(latent_dim, dyn_hidden)
+        self.dynamics = LatentDynamics(latent_dim, dyn_hidden, dyn_layers)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))
         self.obs_logvar = 2 * math.log(obs_std)
         self.consistency = consistency
         self.consistency_fraction = consistency_fraction
+        # Weight of the KL term of the ELBO: 1 is the ELBO; a training schedule may anneal it up to 1.
+        self.kl_weight = 1.0
         # solver: how the latent ODE is solved (default: dopri5 at 1e-3 / 1e-4, backprop through it)
         self.solver = solver or SolverSpec(rtol=1e-3, atol=1e-4, adjoint=False)
 
@@ -117,15 +125,21 @@ class LatentODE(nn.Module):
         """k: suffixes 1..k-1 (those holding more than 1 - consistency_fraction of n) enter the term."""
         return max(2, int(n * self.consistency_fraction))
 
-    def loss(self, values, times, obs_index, grid) -> torch.Tensor:
-        """Negative ELBO plus the weighted suffix consistency, per trajectory (mean over the batch).
+    def loss(self, values, times, obs_index, grid, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Negative ELBO (its KL term weighted by `kl_weight`) plus the weighted suffix consistency, per
+        trajectory (mean over the batch).
 
         values [B, n, obs_dim] observed at times grid[obs_index]; obs_index [B, n] sorted indices
-        into the regular time grid [T] (t_k = t_0 + k dt).
+        into the regular time grid [T] (t_k = t_0 + k dt). generator: draws the reparameterised
+        sample of z(t_1) (None: torch's global generator).
         """
         mean, logvar = self.encode(values, times)
         start_mean, start_logvar = mean[:, 0], logvar[:, 0]
-        z_start = start_mean + torch.randn_like(start_mean) * (0.5 * start_logvar).exp()
+        if generator is None:
+            noise = torch.randn_like(start_mean)
+        else:
+            noise = torch.randn(start_mean.shape, generator=generator, device=start_mean.device, dtype=start_mean.dtype)
+        z_start = start_mean + noise * (0.5 * start_logvar).exp()
         steps = obs_index - obs_index[:, :1]  # [B, n] grid steps since each trajectory's first observation
         span = int(steps.max()) + 1
         path = self.latent_path(z_start, grid[:span] - grid[0])
@@ -133,7 +147,7 @@ class LatentODE(nn.Module):
         decoded = self.decoder(z_obs)
         nll = gaussian_nll(values, decoded, torch.full_like(decoded, self.obs_logvar)).sum(dim=(1, 2))
         kl = 0.5 * (start_mean**2 + start_logvar.exp() - 1 - start_logvar).sum(dim=1)
-        loss = nll + kl
+        loss = nll + self.kl_weight * kl
         if self.consistency > 0:
             k = self.consistency_count(values.shape[1])
             loss = loss + self.consistency * ((z_obs[:, 1:k] - mean[:, 1:k]) ** 2).sum(dim=(1, 2))
@@ -153,9 +167,10 @@ class LatentODE(nn.Module):
         return decoded.masked_fill((steps < 0).unsqueeze(-1), float("nan"))
 
 
-    def split_loss(self, split) -> torch.Tensor:
+    def split_loss(self, split, generator: torch.Generator | None = None) -> torch.Tensor:
         """The training loss on a noderun.data.spirals.SpiralSplit (its observation window's grid)."""
-        return self.loss(split.obs_values, split.obs_times, split.obs_index, split.times[: split.n_steps])
+        return self.loss(split.obs_values, split.obs_times, split.obs_index, split.times[: split.n_steps],
+                         generator=generator)
 
     @torch.no_grad()
     def forecast(self, split) -> torch.Tensor:
@@ -200,8 +215,8 @@ class RNNBaseline(nn.Module):
             outputs.append(x)
         return torch.stack(outputs, dim=1)
 
-    def split_loss(self, split) -> torch.Tensor:
-        """The training loss on a noderun.data.spirals.SpiralSplit."""
+    def split_loss(self, split, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss on a noderun.data.spirals.SpiralSplit (deterministic: `generator` is unused)."""
         return self.loss(split.obs_values, split.obs_times)
 
     @torch.no_grad()
