@@ -258,10 +258,10 @@ SMALL_SPIRALS = ["dataset.n_spirals=40", "dataset.n_train=30", "dataset.n_val=6"
     "overrides, artifact, stopped, resumed",
     [
         (["experiment=latent_ode", *SMALL_SPIRALS, "model.iterations.smoke=6"],
-         "spirals/smoke_n30_noise0.3_latent_ode_seed0.npz", "epoch 1, step 4", "epoch 1, step 4/6"),
+         "spirals/table2/smoke_n30_noise0.3_latent_ode_seed0_data0.npz", "epoch 1, step 4", "epoch 1, step 4/6"),
         # validation every 2 iterations, two restarts: stopped where the second restart begins
         (["experiment=latent_ode_elbo", *SMALL_SPIRALS, "model.iterations.smoke=4", "model.eval_every=2",
-          "model.restarts=2"], "spirals/smoke_n30_noise0.3_latent_ode_elbo_seed0.npz", "epoch 3, step 0",
+          "model.restarts=2"], "spirals/table2/smoke_n30_noise0.3_latent_ode_elbo_seed0_data0.npz", "epoch 3, step 0",
          "epoch 3, step 0/2"),
         (["experiment=mle_cnf", "dataset=two_moons", "model.width=4", "model.eval_samples=200",
           "solver.rtol=1e-3", "solver.atol=1e-3", "model.iterations.smoke=6"],

@@ -170,8 +170,8 @@ def test_smoke_training_of_both_models_writes_rows_and_figure(compose_config, tm
     assert ode["consistency"] == 10.0 and math.isnan(rnn["consistency"])
     # the extrapolation re-solved at 1e-7: a number of its own for the latent ODE, none for the RNN
     assert ode["test_rmse_tight"] > 0 and math.isnan(rnn["test_rmse_tight"])
-    assert sorted(p.name for p in (tmp_path / "spirals").iterdir()) == [
-        "smoke_n30_noise0.3_latent_ode_seed0.npz", "smoke_n30_noise0.3_rnn_seed0.npz"]
+    assert sorted(p.name for p in (tmp_path / "spirals" / "table2").iterdir()) == [
+        "smoke_n30_noise0.3_latent_ode_seed0_data0.npz", "smoke_n30_noise0.3_rnn_seed0_data0.npz"]
     written = figures(tmp_path)
     assert [p.name for p in written] == ["spirals_smoke_n30.png"] and written[0].stat().st_size > 0
 

@@ -262,7 +262,8 @@ def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------ figures
 
-PREDICTIONS = re.compile(r"^(?P<profile>.+)_n(?P<n_obs>\d+)_noise(?P<noise>[0-9.e-]+)_(?P<label>[a-z_]+)_seed(?P<seed>\d+)$")
+PREDICTIONS = re.compile(r"^(?P<profile>.+)_n(?P<n_obs>\d+)_noise(?P<noise>[0-9.e-]+)_(?P<label>[a-z_]+)_seed(?P<seed>\d+)"
+                         r"_data(?P<data>\d+)$")
 STYLES = {  # label of the saved predictions: legend name and colour of its extrapolation
     "latent_ode_elbo": ("latent ODE, ELBO only (paper)", "tab:purple"),
     "latent_ode": ("latent ODE + consistency (noderun)", "tab:red"),
@@ -270,13 +271,14 @@ STYLES = {  # label of the saved predictions: legend name and colour of its extr
 }
 
 
-def saved_predictions(results_dir: Path) -> dict[tuple[str, int, float, str], dict[int, Path]]:
-    """The prediction files of the spirals runs: (profile, n_obs, noise, label) -> {seed: path}."""
-    folder = Path(results_dir) / "spirals"
+def saved_predictions(results_dir: Path, experiment: str = "table2") -> dict[tuple[str, int, float, str], dict[int, Path]]:
+    """The prediction files of Table 2's runs whose seed drew their data (results_dir/spirals/<experiment>/):
+    (profile, n_obs, noise, label) -> {seed: path}."""
+    folder = Path(results_dir) / "spirals" / experiment
     found: dict = {}
     for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
         match = PREDICTIONS.match(path.stem)
-        if match is None or path.name.endswith(".tmp.npz"):
+        if match is None or path.name.endswith(".tmp.npz") or match["seed"] != match["data"]:
             continue
         key = (match["profile"], int(match["n_obs"]), float(match["noise"]), match["label"])
         found.setdefault(key, {})[int(match["seed"])] = path

@@ -28,6 +28,8 @@ FIGURE_TRAJECTORIES = 4  # test trajectories each run keeps for the figure: the 
 # The latent ODE trains and extrapolates at the tolerances of its solver config; every run also
 # re-solves the test extrapolation at this tolerance (rtol = atol) and records that RMSE beside.
 TIGHT_TOLERANCE = 1e-7
+# A test trajectory whose own RMSE exceeds this has run away (the column test_frac_above_1 counts them).
+RUNAWAY_RMSE = 1.0
 # Restart r > 0 initialises from torch.manual_seed(RESTART_SEED_STRIDE * r + seed): apart from every run seed.
 RESTART_SEED_STRIDE = 1_000_003
 
@@ -40,9 +42,12 @@ def method_label(model: str, consistency: float | None) -> str:
     return model
 
 
-def predictions_path(results_dir, profile: str, n_obs: int, noise_std: float, label: str, seed: int) -> Path:
-    """A run's test predictions (some trajectories) and its per-trajectory RMSE, for `noderun plot`."""
-    return Path(results_dir) / "spirals" / f"{profile}_n{n_obs}_noise{noise_std:g}_{label}_seed{seed}.npz"
+def predictions_path(results_dir, experiment: str, profile: str, n_obs: int, noise_std: float, label: str, seed: int,
+                     data: int) -> Path:
+    """A run's test predictions (some trajectories) and its per-trajectory RMSE, for `noderun plot`:
+    results_dir/spirals/<experiment>/<profile>_n<n_obs>_noise<noise>_<label>_seed<seed>_data<data seed>.npz."""
+    name = f"{profile}_n{n_obs}_noise{noise_std:g}_{label}_seed{seed}_data{data}.npz"
+    return Path(results_dir) / "spirals" / experiment / name
 
 
 def data_seed(cfg: DictConfig) -> int:
@@ -75,6 +80,7 @@ class SpiralsTask(Task):
         "best_restart",  # ... and the restart (1-based) they come from
         "test_rmse",  # RMSE on the extrapolation window of the test trajectories (noiseless targets)
         "test_rmse_median",  # median over test trajectories of each one's RMSE there: the typical trajectory
+        "test_frac_above_1",  # fraction of the test trajectories whose own RMSE there exceeds 1.0 (runaways)
         "test_rmse_tight",  # latent ODE: test_rmse with the extrapolation re-solved at rtol = atol = 1e-7
     )
 
@@ -280,7 +286,8 @@ class SpiralsTask(Task):
         per_trajectory = trajectory_rmse(prediction, test.extrapolation_truth)
         test_rmse = rmse(prediction, test.extrapolation_truth)
         median_rmse = float(per_trajectory.median())
-        row.update(test_rmse=round(test_rmse, 5), test_rmse_median=round(median_rmse, 5))
+        row.update(test_rmse=round(test_rmse, 5), test_rmse_median=round(median_rmse, 5),
+                   test_frac_above_1=round(float((per_trajectory > RUNAWAY_RMSE).double().mean()), 5))
         text = f"test RMSE {test_rmse:.4f} (median trajectory {median_rmse:.4f})"
         if cfg.model.name == "latent_ode":
             trained_solver = self.model.solver
@@ -310,8 +317,8 @@ class SpiralsTask(Task):
                            prefix + "pred": self.forecast(part).cpu().numpy()})
         consistency = cfg.model.consistency if cfg.model.name == "latent_ode" else None
         label = method_label(cfg.model.name, consistency)
-        path = predictions_path(cfg.results_dir, cfg.profile.name, cfg.dataset.n_obs, cfg.dataset.noise_std,
-                                label, cfg.seed)
+        path = predictions_path(cfg.results_dir, cfg.experiment_name, cfg.profile.name, cfg.dataset.n_obs,
+                                cfg.dataset.noise_std, label, cfg.seed, data_seed(cfg))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, times=self.test.times.cpu().numpy(), profile=cfg.profile.name, n_obs=cfg.dataset.n_obs,
