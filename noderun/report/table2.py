@@ -33,12 +33,19 @@ PAPER_TABLE2 = {
 }
 N_OBS = (30, 50, 100)
 MAIN_NOISE = SpiralsDatasetConfig.noise_std  # the dataset config's noise: the main table's
-CELL = ["model", "consistency", "noise_std", "n_obs", "seed", "profile"]
+MAIN_EXPERIMENT = "table2"
+ABLATION_EXPERIMENT = "table2_ablation"
+SPREAD_N_OBS = 50  # the column whose spread is split into the data's and the training's
+CELL = ["experiment", "model", "consistency", "noise_std", "n_obs", "seed", "data_seed", "train_coverage", "n_val",
+        "profile"]
 REFERENCES = (
     ("oracle", "Oracle: spiral family known, start and direction fitted (reference)"),
     ("last", "Last observation held (reference)"),
     ("linear", "Straight line through the last 20% of observations (reference)"),
 )
+# Columns of the current protocol with the values rows written before they existed stand for.
+PROTOCOL_DEFAULTS = {"train_coverage": "same", "n_val": 0, "data_seed": 0, "restarts": 1, "val_loss": np.nan,
+                     "best_iteration": np.nan, "test_frac_above_1": np.nan}
 
 
 def variant_of(row) -> str:
@@ -63,12 +70,15 @@ def method_order(method: str) -> tuple:
 
 
 def with_methods(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows with a `variant` column (`method` names the solver). Latent ODE rows without a consistency weight in their config
-    trained another latent ODE (no suffix term, absolute-time recognition) and are left out."""
+    """The rows with a `variant` column (`method` names the solver) and the protocol columns filled for rows
+    written before they existed. Latent ODE rows without a consistency weight in their config trained another
+    latent ODE (no suffix term, absolute-time recognition) and are left out."""
     frame = frame.copy()
-    for column in ("consistency", "config"):
+    for column in ("consistency", "config", "experiment"):
         if column not in frame:
-            frame[column] = np.nan
+            frame[column] = MAIN_EXPERIMENT if column == "experiment" else np.nan
+    for column, value in PROTOCOL_DEFAULTS.items():
+        frame[column] = frame[column].fillna(value) if column in frame else value
     missing = frame["consistency"].isna() & (frame["model"] == "latent_ode")
     frame.loc[missing, "consistency"] = [_config_consistency(text) for text in frame.loc[missing, "config"]]
     frame = frame[~((frame["model"] == "latent_ode") & frame["consistency"].isna())]
@@ -84,12 +94,24 @@ def _config_consistency(text) -> float:
     return np.nan if value is None else float(value)
 
 
+def is_current(frame: pd.DataFrame) -> pd.Series:
+    """Rows of the current protocol: training windows cover the test forecasts' angles, a validation split."""
+    return (frame["train_coverage"] == "forecast") & (frame["n_val"].astype(float) > 0)
+
+
+def main_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Table 2's rows: its experiment, the current protocol, each seed drawing its own data."""
+    return frame[(frame["experiment"] == MAIN_EXPERIMENT) & is_current(frame)
+                 & (frame["data_seed"].astype(float) == frame["seed"].astype(float))]
+
+
 # ------------------------------------------------------------------ reference points
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=64)
 def reference_scores(dataset_json: str) -> dict[str, float]:
-    """RMSE of each reference forecast, and the targets' RMS, on the test split of one dataset config."""
+    """RMSE of each reference forecast, and the targets' RMS, on the test split of one dataset config
+    (its seed set)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -97,7 +119,7 @@ def reference_scores(dataset_json: str) -> dict[str, float]:
                                                 target_rms)
     from noderun.data.spirals import rmse, spirals_from_config
 
-    dataset = OmegaConf.create(json.loads(dataset_json))
+    dataset = OmegaConf.merge(OmegaConf.structured(SpiralsDatasetConfig), json.loads(dataset_json))
     test = spirals_from_config(dataset).test
     truth = test.extrapolation_truth
     with torch.no_grad():
@@ -108,15 +130,21 @@ def reference_scores(dataset_json: str) -> dict[str, float]:
 
 
 def cell_references(runs: pd.DataFrame) -> dict[str, float] | None:
-    """Reference scores for the test set of a cell's runs (the dataset of its latest row)."""
+    """Reference scores for the test sets of a cell's runs: their mean over the data seeds the runs used
+    (each from the dataset of its latest row)."""
     if runs.empty:
         return None
-    latest = runs.sort_values("timestamp").iloc[-1]
-    try:
-        dataset = json.loads(latest["config"])["dataset"]
-    except (TypeError, ValueError, KeyError):
+    scores = []
+    for data_seed, part in runs.sort_values("timestamp").groupby("data_seed"):
+        try:
+            dataset = json.loads(part.iloc[-1]["config"])["dataset"]
+        except (TypeError, ValueError, KeyError):
+            continue
+        dataset["seed"] = int(float(data_seed))
+        scores.append(reference_scores(json.dumps(dataset, sort_keys=True)))
+    if not scores:
         return None
-    return reference_scores(json.dumps(dataset, sort_keys=True))
+    return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
 
 
 # ------------------------------------------------------------------------ tables
@@ -160,6 +188,25 @@ def render_table2(frame: pd.DataFrame, noise: float = MAIN_NOISE) -> str:
                " / ".join(f"{v[key] / v['target_rms']:.3f}" if v else "-" for v in values), "-"]
         rows.append(row)
     return markdown(rows, headers)
+
+
+def render_typical(frame: pd.DataFrame, noise: float = MAIN_NOISE) -> str:
+    """The typical trajectory and the runaways: per method and n_obs, the median per-trajectory RMSE and
+    the share of test trajectories whose own RMSE exceeds 1 (mean over seeds)."""
+    cells = _cells(frame[frame["status"] == "ok"], noise)
+    methods = sorted({m for m, _ in cells}, key=method_order)
+    rows = []
+    for method in methods:
+        medians, runaways = [], []
+        for n in N_OBS:
+            runs = cells.get((method, n))
+            medians.append(mean_std(runs["test_rmse_median"], 4) if runs is not None else "-")
+            share = runs["test_frac_above_1"].dropna() if runs is not None else pd.Series(dtype=float)
+            runaways.append(f"{100 * share.mean():.1f} %" if len(share) else "-")
+        rows.append([method_label(method), *medians, *runaways])
+    if not rows:
+        return ""
+    return markdown(rows, ["Method", *(f"median n={n}" for n in N_OBS), *(f"RMSE > 1, n={n}" for n in N_OBS)])
 
 
 def render_comparison(frame: pd.DataFrame, noise: float = MAIN_NOISE) -> str:
@@ -225,6 +272,101 @@ def render_noise(frame: pd.DataFrame) -> str:
     return markdown(rows, headers)
 
 
+def render_spread(frame: pd.DataFrame, n_obs: int = SPREAD_N_OBS) -> str:
+    """Where the spread over seeds comes from, at one n_obs: the data (training seed 0, data seeds varied),
+    the training (data seed 0, training seeds varied), and both (each seed drawing its own data, Table 2)."""
+    current = frame[(frame["experiment"] == MAIN_EXPERIMENT) & is_current(frame) & (frame["status"] == "ok")
+                    & (frame["n_obs"] == n_obs) & np.isclose(frame["noise_std"].astype(float), MAIN_NOISE)]
+    data_seed, seed = current["data_seed"].astype(float), current["seed"].astype(float)
+    by_data, by_training = current[seed == 0], current[data_seed == 0]
+    if by_data["data_seed"].nunique() < 2 or by_training["seed"].nunique() < 2:
+        return ""
+    both = current[data_seed == seed]
+    rows = []
+    for method in sorted(current["variant"].unique(), key=method_order):
+        cells = [part[part["variant"] == method] for part in (by_data, by_training, both)]
+        rows.append([method_label(method), *(f"{mean_std(c['test_rmse'], 4)} ({len(c)})" for c in cells)])
+    return markdown(rows, ["Method", "data seeds varied, training seed 0", "training seeds varied, data seed 0",
+                           "both (Table 2)"])
+
+
+def render_protocols(frame: pd.DataFrame) -> str:
+    """The earlier protocol (training windows drawn as the test ones, no validation split, data seed 0 for
+    every seed) beside the current one, per method and n_obs."""
+    table = frame[(frame["experiment"] == MAIN_EXPERIMENT) & (frame["status"] == "ok")
+                  & np.isclose(frame["noise_std"].astype(float), MAIN_NOISE)]
+    earlier = table[(table["train_coverage"] == "same") & (table["n_val"].astype(float) == 0)]
+    current = main_rows(table)
+    if earlier.empty or current.empty:
+        return ""
+    rows = []
+    for method in sorted(set(earlier["variant"]) | set(current["variant"]), key=method_order):
+        cells = []
+        for part in (earlier, current):
+            runs = part[part["variant"] == method]
+            cells.append(" / ".join(f"{runs[runs['n_obs'] == n]['test_rmse'].mean():.3f}"
+                                    if (runs["n_obs"] == n).any() else "-" for n in N_OBS))
+        rows.append([method_label(method), *cells])
+    return markdown(rows, ["Method", "earlier protocol, RMSE 30 / 50 / 100", "current protocol, RMSE 30 / 50 / 100"])
+
+
+# The settings an ablation row may change, as `config` spells them: (section, key, label).
+ABLATION_SETTINGS = (
+    ("dataset", "train_coverage", "training windows"), ("dataset", "n_val", "validation"),
+    ("model", "restarts", "restarts"), ("model", "kl_warmup", "KL warm-up"), ("model", "obs_std", "obs std"),
+    ("model", "lr", "lr"), ("model", "lr_min", "lr_min"), ("model", "iterations", "iterations"),
+    ("model", "dyn_layers", "dynamics layers"), ("solver", "rtol", "rtol"), ("solver", "atol", "atol"),
+)
+
+
+def _setting(config_text: str, profile: str, reference: dict) -> str:
+    """How a row's config differs from `reference` in ABLATION_SETTINGS ("current protocol" where it does not)."""
+    try:
+        config = json.loads(config_text)
+    except (TypeError, ValueError):
+        return "?"
+    changed = []
+    for section, key, label in ABLATION_SETTINGS:
+        value = config.get(section, {}).get(key)
+        if key == "iterations" and isinstance(value, dict):
+            value = value.get(profile)
+        if value != reference.get((section, key)):
+            changed.append(f"{label} {value}")
+    return ", ".join(changed) or "current protocol"
+
+
+def render_ablation(frame: pd.DataFrame, profile: str) -> str:
+    """Each setting tried on experiment_name=table2_ablation against the current protocol's Table 2 rows of
+    the same n_obs and seeds: mean ± std of the test RMSE, the median trajectory, the share of runaways, the
+    validation loss the selection saw, and minutes of training."""
+    ablation = frame[(frame["experiment"] == ABLATION_EXPERIMENT) & (frame["status"] == "ok")]
+    if ablation.empty:
+        return ""
+    main = main_rows(frame[frame["status"] == "ok"])
+    rows = []
+    for (method, n), part in ablation.groupby(["variant", "n_obs"]):
+        seeds = set(part["seed"])
+        base = main[(main["variant"] == method) & (main["n_obs"] == n) & main["seed"].isin(seeds)
+                    & np.isclose(main["noise_std"].astype(float), MAIN_NOISE)]
+        if base.empty:
+            continue
+        config = json.loads(base.iloc[0]["config"])
+        reference = {(section, key): (config[section].get(key) if key != "iterations"
+                                      else config[section][key].get(profile))
+                     for section, key, _ in ABLATION_SETTINGS}
+        groups = [("current protocol", base)] + sorted(
+            part.assign(setting=[_setting(c, profile, reference) for c in part["config"]]).groupby("setting"))
+        for setting, runs in groups:
+            share = runs["test_frac_above_1"].dropna()
+            rows.append([method_label(method), str(int(n)), setting, str(len(runs)), mean_std(runs["test_rmse"], 3),
+                         mean_std(runs["test_rmse_median"], 3), f"{100 * share.mean():.0f} %" if len(share) else "-",
+                         mean_std(runs["val_loss"].dropna(), 2), mean_std(runs["train_time_s"] / 60, 1)])
+    if not rows:
+        return ""
+    return markdown(rows, ["Method", "n_obs", "setting", "seeds", "test RMSE", "median trajectory", "RMSE > 1",
+                           "validation loss", "train min"])
+
+
 def render_details(frame: pd.DataFrame) -> str:
     runs = frame[(frame["status"] == "ok") & np.isclose(frame["noise_std"].astype(float), MAIN_NOISE)]
     rows = []
@@ -234,29 +376,34 @@ def render_details(frame: pd.DataFrame) -> str:
             if ok.empty:
                 continue
             rows.append([method_label(method), str(n), str(int(ok["params"].iloc[0])), mean_std(ok["iterations"], 0),
-                         mean_std(ok["time_per_iter_s"], 4),
+                         mean_std(ok["best_iteration"].dropna(), 0), mean_std(ok["time_per_iter_s"], 4),
                          mean_std(ok["nfe_forward"], 1) + " / " + mean_std(ok["nfe_backward"], 1),
                          mean_std(ok["train_time_s"], 1), mean_std(ok["final_loss"], 2),
-                         mean_std(ok["test_rmse_median"], 4), f"{ok['test_rmse'].max():.4f}"])
+                         mean_std(ok["val_loss"].dropna(), 2), f"{ok['test_rmse'].max():.4f}"])
     if not rows:
         return ""
-    return markdown(rows, ["Method", "n_obs", "params", "iterations", "s / iter", "NFE fwd / bwd", "train s",
-                           "final loss", "median trajectory RMSE", "worst seed's RMSE"])
+    return markdown(rows, ["Method", "n_obs", "params", "iterations", "selected iteration", "s / iter",
+                           "NFE fwd / bwd", "train s", "final loss", "validation loss", "worst seed's RMSE"])
 
 
 def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
-    frame = latest_per_cell(with_methods(rows), CELL)
+    every = latest_per_cell(with_methods(rows), CELL)
+    frame = main_rows(every)
     sections = [("Table 2 (spirals, predictive RMSE on the extrapolation window, noise "
                  f"{MAIN_NOISE:g})", render_table2(frame))]
-    notes = "\n\n".join(t for t in (render_comparison(frame), render_tolerance(frame)) if t)
-    if notes:
-        sections.append(("Table 2: the paper's model against the RNN, and the solver tolerance", notes))
-    noise = render_noise(frame)
-    if noise:
-        sections.append(("Table 2: sensitivity to the observation noise", noise))
-    details = render_details(frame)
-    if details:
-        sections.append(("Table 2 runs", details))
+    for title, text in (
+        ("Table 2: the typical trajectory and the runaways", render_typical(frame)),
+        ("Table 2: the paper's model against the RNN, and the solver tolerance",
+         "\n\n".join(t for t in (render_comparison(frame), render_tolerance(frame)) if t)),
+        ("Table 2: sensitivity to the observation noise", render_noise(frame)),
+        (f"Table 2: the spread over seeds from the data and from training, n_obs={SPREAD_N_OBS}",
+         render_spread(every)),
+        ("Table 2: the earlier protocol against the current one", render_protocols(every)),
+        ("Table 2 ablation: one setting changed at a time", render_ablation(every, profile)),
+        ("Table 2 runs", render_details(frame)),
+    ):
+        if text:
+            sections.append((title, text))
     return sections
 
 
