@@ -289,6 +289,38 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             GlobalHydra.instance().clear()
 
 
+def sweep_fixed_values(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """With -m and a swept config group (experiment=a,b), each plain `key=value` becomes `key=choice(value)`.
+
+    Hydra composes a multirun's base config from the overrides that are not sweeps, without the swept
+    groups; a key that only the swept experiment brings (dataset.n_obs, which experiment=latent_ode's
+    dataset has and the default MNIST's has not) then fails there, although every job would compose.
+    A one-value sweep is left out of that base config and gives each job the same override. Values
+    Hydra would parse as more than a plain word (quoted, lists, dicts, interpolations) stay as they are.
+    """
+    if not any(flag in overrides for flag in ("-m", "--multirun")):
+        return overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    user = [(i, o) for i, o in enumerate(overrides) if not o.startswith("-") and not o.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for _, o in user])
+    except Exception:  # a syntax error: check_overrides reports it
+        return overrides
+    groups = config_groups(conf_dir)
+    group_sweeps = [p for p in parsed if p.is_sweep_override() and p.key_or_group.split("@")[0] in groups]
+    if not group_sweeps:
+        return overrides
+    out = list(overrides)
+    for (index, text), override in zip(user, parsed):
+        key, _, value = text.partition("=")
+        plain = all(c.isalnum() or c in "._-/:" for c in value) and value not in ("", "null")
+        if (override.is_sweep_override() or text[0] in "+~" or key.split("@")[0] in groups or not plain):
+            continue
+        out[index] = f"{key}=choice({value})"
+    return out
+
+
 COMMANDS = {"train": train_command, "table": table_command, "data": data_command, "plot": plot_command}
 
 
@@ -324,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     if command == "train" and not any(a in HYDRA_INFO_FLAGS for a in overrides):
         overrides = _default_profile(overrides)
         check_overrides(CONFIG_NAMES["train"], overrides)
+        overrides = sweep_fixed_values(overrides)
     sys.argv = [f"noderun-{command}", *overrides]
     COMMANDS[command]()
 

@@ -157,3 +157,29 @@ def test_hydra_flags_still_work_beside_our_help():
     assert proc.returncode == 0 and "Hydra (" in proc.stdout, proc.stderr
     proc = run_cli("train", "--cfg", "job", "model=odenet", "profile=smoke")
     assert proc.returncode == 0 and "name: odenet" in proc.stdout and "name: smoke" in proc.stdout, proc.stderr
+
+
+def test_a_multirun_over_experiments_takes_keys_only_those_experiments_have(tmp_path):
+    # dataset.n_obs exists in experiment=latent_ode's dataset, not in the default MNIST one: Hydra's multirun
+    # base config (composed without the sweeps) would refuse it; every job takes it
+    import pandas as pd
+
+    result = run_cli("train", "-m", "experiment=latent_ode,rnn_spirals", "dataset.n_obs=30", "dataset.noise_std=0.1",
+                 "profile=smoke", "profile.progress=false", "model.iterations.smoke=1", f"results_dir={tmp_path}",
+                 f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(tmp_path / "table2.csv")
+    assert list(frame["model"]) == ["latent_ode", "rnn"] and set(frame["n_obs"]) == {30}
+    assert set(frame["noise_std"]) == {0.1}
+
+
+def test_fixed_values_become_one_value_sweeps_only_beside_a_swept_group():
+    from noderun.cli import sweep_fixed_values
+
+    args = ["-m", "experiment=a,b", "dataset.n_obs=50", "model=mlp", "+extra=1", "seed=0,1", "x='q r'",
+            "hydra.sweep.dir=/d"]
+    assert sweep_fixed_values(args) == ["-m", "experiment=a,b", "dataset.n_obs=choice(50)", "model=mlp", "+extra=1",
+                                        "seed=0,1", "x='q r'", "hydra.sweep.dir=/d"]
+    assert sweep_fixed_values(["-m", "model=mlp", "seed=0,1", "profile.lr=0.1"]) == [
+        "-m", "model=mlp", "seed=0,1", "profile.lr=0.1"]
+    assert sweep_fixed_values(["experiment=a,b", "dataset.n_obs=50"]) == ["experiment=a,b", "dataset.n_obs=50"]
