@@ -59,15 +59,15 @@ depth: $(STAMP)
 figure3: $(STAMP)
 	$(BIN)/noderun train -m experiment=figure3 profile=$(PROFILE) seed=$(SEEDS)
 
-## Table 2 on spirals with 30, 50 and 100 observations: the RNN, the paper's latent ODE (ELBO only)
-## and noderun's (with the consistency term), on TABLE2_SEEDS (SEEDS when given, else quick 0-4,
+## Table 2 on spirals with 30, 50 and 100 observations: the RNN, the paper's latent ODE (ELBO only), the same
+## with torchdiffeq's example's two-layer dynamics, and noderun's (with the consistency term), on TABLE2_SEEDS (SEEDS when given, else quick 0-4,
 ## paper 0-2), each seed drawing its own spirals; then the noise-sensitivity rows (observation noise 0.1,
 ## 50 observations, 3 seeds) and the split of the spread at 50 observations into the data's (training
 ## seed 0, data seeds 1-2) and the training's (data seed 0, training seeds 1-2).
 TABLE2_QUICK_SEEDS := 0,1,2,3,4
 TABLE2_PAPER_SEEDS := 0,1,2
 TABLE2_SEEDS ?= $(if $(filter command line,$(origin SEEDS)),$(SEEDS),$(if $(filter paper,$(OTHER_PROFILE)),$(TABLE2_PAPER_SEEDS),$(TABLE2_QUICK_SEEDS)))
-TABLE2_METHODS := experiment=latent_ode,latent_ode_elbo,rnn_spirals profile=$(OTHER_PROFILE) profile.progress=false
+TABLE2_METHODS := experiment=latent_ode,latent_ode_elbo,latent_ode_elbo_dyn2,rnn_spirals profile=$(OTHER_PROFILE) profile.progress=false
 table2: $(STAMP)
 	$(BIN)/noderun train -m $(TABLE2_METHODS) dataset.n_obs=30,50,100 seed=$(TABLE2_SEEDS)
 	$(BIN)/noderun train -m $(TABLE2_METHODS) dataset.noise_std=0.1 dataset.n_obs=50 seed=$(TABLE2_PAPER_SEEDS)

@@ -34,12 +34,12 @@ RUNAWAY_RMSE = 1.0
 RESTART_SEED_STRIDE = 1_000_003
 
 
-def method_label(model: str, consistency: float | None) -> str:
+def method_label(model: str, consistency: float | None, dyn_layers: int = 1) -> str:
     """What a run trained: `rnn`, `latent_ode_elbo` (the paper's objective, consistency 0) or
-    `latent_ode` (the ELBO plus noderun's suffix-consistency term)."""
-    if model == "latent_ode" and not consistency:
-        return "latent_ode_elbo"
-    return model
+    `latent_ode` (the ELBO plus noderun's suffix-consistency term), with `_dyn<k>` for dynamics of
+    k != 1 hidden layers (the paper's is one)."""
+    label = "latent_ode_elbo" if model == "latent_ode" and not consistency else model
+    return f"{label}_dyn{dyn_layers}" if model == "latent_ode" and dyn_layers != 1 else label
 
 
 def predictions_path(results_dir, experiment: str, profile: str, n_obs: int, noise_std: float, label: str, seed: int,
@@ -316,7 +316,7 @@ class SpiralsTask(Task):
                            prefix + "obs_values": part.obs_values.cpu().numpy(),
                            prefix + "pred": self.forecast(part).cpu().numpy()})
         consistency = cfg.model.consistency if cfg.model.name == "latent_ode" else None
-        label = method_label(cfg.model.name, consistency)
+        label = method_label(cfg.model.name, consistency, cfg.model.get("dyn_layers", 1))
         path = predictions_path(cfg.results_dir, cfg.experiment_name, cfg.profile.name, cfg.dataset.n_obs,
                                 cfg.dataset.noise_std, label, cfg.seed, data_seed(cfg))
         path.parent.mkdir(parents=True, exist_ok=True)
