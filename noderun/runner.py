@@ -85,8 +85,48 @@ def validate(cfg: DictConfig) -> type[Task]:
                           "(CPU: AVX512-BF16 or AMX; CUDA: compute capability 8.0 or newer): emulated it is "
                           "slower than float32; use precision=32")
     task.validate(cfg)
+    regularizer_of(cfg, task)
     refuse_unread(cfg, task.unread(cfg))
     return task
+
+
+REGULARIZERS = ("none", "rnode")
+
+
+def regularizer_of(cfg: DictConfig, task: type[Task]):
+    """The run's noderun.models.regularization.Regularizer (weights 0 for regularizer=none); ConfigError for
+    an invalid one, or one that would not act (no weight, or a run that trains no ODE)."""
+    from noderun.models.regularization import PROBES, Regularizer
+
+    r = cfg.regularizer
+    if r.name not in REGULARIZERS:
+        raise ConfigError(f"regularizer.name={r.name!r} is invalid; valid regularizers: {list(REGULARIZERS)}")
+    if r.name == "none":
+        if r.kinetic or r.jacobian:
+            raise ConfigError(f"regularizer.kinetic/jacobian have no effect with regularizer=none; use "
+                              f"regularizer=rnode regularizer.kinetic={r.kinetic} regularizer.jacobian={r.jacobian}")
+        return Regularizer()
+    for key in ("kinetic", "jacobian"):
+        if not (math.isfinite(r[key]) and r[key] >= 0):
+            raise ConfigError(f"regularizer.{key}={r[key]!r} is invalid; it must be a finite number >= 0")
+    if not (r.kinetic or r.jacobian):
+        raise ConfigError("regularizer=rnode with regularizer.kinetic=0 and regularizer.jacobian=0 has no effect; "
+                          "set one of them > 0, or use regularizer=none")
+    if r.probe not in PROBES:
+        raise ConfigError(f"regularizer.probe={r.probe!r} is invalid; valid probes: {list(PROBES)}")
+    if r.probe != PROBES[0] and not r.jacobian:
+        raise ConfigError(f"regularizer.probe={r.probe!r} has no effect with regularizer.jacobian=0 (the probe "
+                          "estimates the Jacobian term); drop it or set regularizer.jacobian > 0")
+    if not task.trains_ode(cfg):
+        raise ConfigError(f"regularizer=rnode regularises ODE solves in training, and this run trains none "
+                          f"(task={task.name}, model={cfg.model.name}); use regularizer=none")
+    return Regularizer(kinetic=float(r.kinetic), jacobian=float(r.jacobian), probe=r.probe)
+
+
+def regularizer_label(cfg: DictConfig) -> str:
+    """The `regularizer` column: none, or rnode with its weights."""
+    r = cfg.regularizer
+    return "none" if r.name == "none" else f"rnode(kinetic={r.kinetic:g}, jacobian={r.jacobian:g}, probe={r.probe})"
 
 
 def failure_reason(error: BaseException) -> str | None:
@@ -142,7 +182,7 @@ def _run(cfg: DictConfig, task: type[Task], world: World, device: torch.device, 
     record = RunRecord(
         run_id=meta["run_id"], experiment=cfg.experiment_name, task=task.name, profile=cfg.profile.name,
         seed=cfg.seed, device=device.type, device_name=device_name(device), precision=cfg.precision,
-        torch_version=torch.__version__,
+        torch_version=torch.__version__, regularizer=regularizer_label(cfg),
         git_commit=meta["git_commit"], config=json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
     )
     row = {**asdict(record), **task.describe(cfg)}
@@ -197,6 +237,8 @@ class LoopState:
     last_loss: float = math.nan
     nfe_forward: list = field(default_factory=list)  # per training iteration, the whole run
     nfe_backward: list = field(default_factory=list)
+    reg_kinetic: list = field(default_factory=list)  # per training iteration with a regularizer (RunRecord)
+    reg_jacobian: list = field(default_factory=list)
     iteration_times: list = field(default_factory=list)  # seconds, every iteration but the first
     memory_bytes: int | None = None  # saved-for-backward bytes of the first iteration
     cuda_peak_mib: float | None = None
@@ -212,6 +254,7 @@ class Loop:
 
     def run(self) -> dict:
         cfg, world, device, log = self.cfg, self.world, self.device, self.log
+        self.regularizer = regularizer_of(cfg, self.task_class)
         torch.manual_seed(cfg.seed)
         task = self.task_class(cfg, device=device, world=world, log=log)
         self.task = task
@@ -305,6 +348,7 @@ class Loop:
         self.segment_start = time.perf_counter()
 
     def _step(self, step: int) -> None:
+        from noderun.models import regularization
         from noderun.ode import track_stats
 
         task, state, device, world = self.task, self.state, self.device, self.world
@@ -318,10 +362,11 @@ class Loop:
         start = time.perf_counter()
         try:
             with track_stats() as stats:
-                with meter:
+                with meter, regularization.collect(self.regularizer) as terms:
                     loss, tallies = task.loss(batch)
+                objective = loss if terms.penalty is None else loss + terms.penalty
                 task.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
             synchronize(device)  # NFE and failures of the backward pass are known only once it has run
         except Exception as error:  # one rank's failure must stop every rank (see the module docstring)
             if not world.distributed or failure_reason(error) is None:
@@ -357,6 +402,9 @@ class Loop:
             state.iteration_times.append(time.perf_counter() - start)
         state.nfe_forward.append(stats.nfe_forward)
         state.nfe_backward.append(stats.nfe_backward)
+        if self.regularizer.active:
+            state.reg_kinetic.append(terms.kinetic)
+            state.reg_jacobian.append(terms.jacobian)
         state.last_loss = loss_value
         state.epoch_loss_sum += loss_sum
         for name, value in zip(names, summed):
@@ -375,13 +423,15 @@ class Loop:
         state = self.state
         window = max(1, math.ceil(len(state.nfe_forward) * NFE_WINDOW))
 
-        def late_mean(values: list) -> float | None:
-            return round(statistics.fmean(values[-window:]), 3) if values else None
+        def late_mean(values: list, digits: int = 3) -> float | None:
+            return round(statistics.fmean(values[-window:]), digits) if values else None
 
         return {
             "params": params,
             "nfe_forward": late_mean(state.nfe_forward),
             "nfe_backward": late_mean(state.nfe_backward),
+            "reg_kinetic": late_mean(state.reg_kinetic, digits=6),
+            "reg_jacobian": late_mean(state.reg_jacobian, digits=6),
             "memory_mib": round(state.memory_bytes / 2**20, 4) if state.memory_bytes is not None else None,
             "cuda_peak_mib": round(state.cuda_peak_mib, 3) if state.cuda_peak_mib is not None else None,
             "time_per_iter_s": round(statistics.median(state.iteration_times), 5) if state.iteration_times else None,

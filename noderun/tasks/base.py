@@ -103,6 +103,11 @@ class Task:
         return {}
 
     @classmethod
+    def trains_ode(cls, cfg: DictConfig) -> bool:
+        """Whether the run's training solves an ODE (what regularizer=rnode acts on)."""
+        return True
+
+    @classmethod
     def cpu_threads(cls, cfg: DictConfig) -> Optional[int]:
         """torch's CPU threads for the run; None keeps torch's default."""
         return None

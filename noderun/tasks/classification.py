@@ -137,6 +137,10 @@ class ClassificationTask(Task):
         return unread
 
     @classmethod
+    def trains_ode(cls, cfg: DictConfig) -> bool:
+        return MODELS[cfg.model.name].has_ode_block
+
+    @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
         has_ode = MODELS[cfg.model.name].has_ode_block
         solver = SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint).describe() if has_ode else {}

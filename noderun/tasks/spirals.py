@@ -150,6 +150,10 @@ class SpiralsTask(Task):
         return unread
 
     @classmethod
+    def trains_ode(cls, cfg: DictConfig) -> bool:
+        return cfg.model.name == "latent_ode"
+
+    @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
         solver = solver_spec(cfg).describe() if cfg.model.name == "latent_ode" else {}
         consistency = cfg.model.consistency if cfg.model.name == "latent_ode" else None
