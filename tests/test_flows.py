@@ -208,3 +208,23 @@ def test_a_rerun_replaces_the_earlier_row_and_a_failed_cell_says_failed():
     first = next(line for line in density.splitlines() if line.startswith("| U1"))
     cells = [c.strip() for c in first.strip("|").split("|")]
     assert cells[1] == "1.000" and cells[4] == "0.500" and cells[5] == "failed"
+
+
+@pytest.mark.parametrize("name", ["two_circles", "two_moons"])
+def test_the_toy_datas_own_density_integrates_to_one_and_is_the_nll_floor(name):
+    from noderun.data.densities import sample_toy, toy_log_prob
+
+    axis = torch.linspace(-8, 8, 321, dtype=torch.float64)
+    z1, z2 = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack([z1, z2], -1).reshape(-1, 2)
+    mass = float(toy_log_prob(name, grid, points=512).exp().sum() * (axis[1] - axis[0]) ** 2)
+    assert mass == pytest.approx(1.0, abs=1e-6)
+    # the NLL of its own samples is (about) the density's entropy: lower than any other density's, e.g. a
+    # Gaussian with the sample's mean and covariance
+    x = sample_toy(name, 4000, torch.Generator().manual_seed(0)).double()
+    nll = float(-toy_log_prob(name, x).mean())
+    gaussian = torch.distributions.MultivariateNormal(x.mean(0), torch.cov(x.T))
+    assert nll < float(-gaussian.log_prob(x).mean()) - 0.3
+    # a finer quadrature changes nothing that matters
+    assert float(-toy_log_prob(name, x[:500], points=16384).mean()) == pytest.approx(
+        float(-toy_log_prob(name, x[:500]).mean()), abs=1e-6)
