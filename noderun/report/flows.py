@@ -29,7 +29,10 @@ def _cell(part: pd.DataFrame, column: str, digits: int) -> str:
 
 
 def _runs(rows: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    every = rows[rows["kind"] == kind]
+    every = rows[rows["kind"] == kind].copy()
+    for column in ("kl", "true_nll", "excess_nll"):  # columns rows of earlier versions may lack
+        if column not in every:
+            every[column] = np.nan
     return every, every[every["status"] == "ok"]
 
 
@@ -74,7 +77,7 @@ def render_density(rows: pd.DataFrame) -> str:
 def render_mle(rows: pd.DataFrame) -> str:
     every, runs = _runs(rows, "mle")
     table = []
-    has_excess = "excess_nll" in runs and runs["excess_nll"].notna().any()
+    has_excess = runs["excess_nll"].notna().any()
     for data in TOY_DATASETS:
         part = runs[runs["target"] == data]
         nf, cnf = part[part["model"] == "planar_nf"], part[part["model"] == "planar_cnf"]
