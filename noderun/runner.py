@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from noderun import distributed
-from noderun.checkpoint import RunDirectory, RunInterrupted, restore_rng_states, rng_states
+from noderun import distributed, loggers
+from noderun.checkpoint import RunDirectory, RunInterrupted, restore_rng_states, rng_states, run_key
+from noderun.loggers import RunLogger
 from noderun.config import refuse_unread
 from noderun.distributed import World
 from noderun.errors import ConfigError
@@ -50,6 +51,10 @@ from noderun.tasks import get_task, task_names
 from noderun.tasks.base import EpochSummary, Task
 
 PRECISIONS = ("32", "bf16-mixed")
+# Common columns that say what ran rather than what it measured (the trackers log the others as final/...).
+NOT_MEASURED = ("run_id", "timestamp", "experiment", "task", "status", "model", "dataset", "profile", "seed",
+                "epochs", "method", "rtol", "atol", "adjoint", "regularizer", "device", "device_name", "precision",
+                "torch_version", "git_commit", "config")
 LOG_LINES = 10  # progress lines a run logs, evenly spaced over its steps
 NFE_WINDOW = 0.1  # nfe_forward / nfe_backward average the last 10 % of training iterations
 
@@ -86,6 +91,7 @@ def validate(cfg: DictConfig) -> type[Task]:
                           "slower than float32; use precision=32")
     task.validate(cfg)
     regularizer_of(cfg, task)
+    loggers.check(cfg)
     refuse_unread(cfg, task.unread(cfg))
     return task
 
@@ -185,17 +191,21 @@ def _run(cfg: DictConfig, task: type[Task], world: World, device: torch.device, 
         torch_version=torch.__version__, regularizer=regularizer_label(cfg),
         git_commit=meta["git_commit"], config=json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
     )
-    row = {**asdict(record), **task.describe(cfg)}
+    cell = task.describe(cfg)
+    row = {**asdict(record), **cell}
     path = Path(cfg.results_dir) / f"{cfg.experiment_name}.csv"
     columns = COMMON_COLUMNS + list(task.columns)
+    loop = Loop(cfg, task, run_dir, world, device, log, meta)
     try:
         with run_dir.stop_on_interrupt():
-            row.update(Loop(cfg, task, run_dir, world, device, log).run())
+            row.update(loop.run())
     except RunInterrupted as interrupted:
+        loop.tracker.stop()
         log(f"[noderun] {interrupted}; rerun the same command to resume")
         raise
     except Exception as error:
         reason = failure_reason(error)
+        loop.tracker.fail()
         if reason is None:
             raise
         if world.is_main:
@@ -208,6 +218,7 @@ def _run(cfg: DictConfig, task: type[Task], world: World, device: torch.device, 
     # unique_key: a run killed between this append and mark_finished appends nothing on its rerun.
     if world.is_main:
         append_row(path, row, columns, unique_key="run_id")
+    loop.tracker.finish({k: v for k, v in row.items() if k not in cell and k not in NOT_MEASURED})
     run_dir.mark_finished(row)
     log(f"[noderun] result row -> {path} (run {meta['run_id']})")
     return row
@@ -248,9 +259,11 @@ class Loop:
     """One run of a task's training, from its checkpoint if it has one, then its evaluation."""
 
     def __init__(self, cfg: DictConfig, task: type[Task], run_dir: RunDirectory, world: World,
-                 device: torch.device, log):
+                 device: torch.device, log, meta: dict):
         self.cfg, self.task_class, self.run_dir, self.world, self.device, self.log = (
             cfg, task, run_dir, world, device, log)
+        self.meta = meta
+        self.tracker = RunLogger(cfg, (), meta, "", "", 0, None)  # none until run() opens the configured ones
 
     def run(self) -> dict:
         cfg, world, device, log = self.cfg, self.world, self.device, self.log
@@ -266,6 +279,10 @@ class Loop:
             state = LoopState(**saved["loop"])
             log(f"[noderun] resumed at epoch {state.epoch}, step {state.step}/{task.steps_per_epoch}")
         self.state = state
+        done = (state.epoch - 1) * task.steps_per_epoch + state.step
+        self.tracker = RunLogger(cfg, loggers.check(cfg), self.meta, run_key(cfg), device_name(device), done,
+                                 lambda mlflow_id: self.run_dir.update_meta(mlflow_run_id=mlflow_id),
+                                 is_main=world.is_main)
         params = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
         log(f"[noderun] {task.summary()} ({params:,} params) profile={cfg.profile.name} device={device} "
             f"{task.epochs} x {task.steps_per_epoch} steps")
@@ -337,6 +354,8 @@ class Loop:
                 nfe_forward=state.nfe_forward[epoch_nfe], nfe_backward=state.nfe_backward[epoch_nfe]))
             if line:
                 self.log(line)
+            self.tracker.log_epoch({"epoch/time_s": state.epoch_elapsed_s,
+                                    **{f"epoch/{k}": v for k, v in task.epoch_metrics.items()}})
             state.epoch, state.step = state.epoch + 1, 0
             state.epoch_loss_sum, state.epoch_tallies, state.epoch_elapsed_s = 0.0, {}, 0.0
             self._checkpoint()
@@ -410,6 +429,12 @@ class Loop:
         for name, value in zip(names, summed):
             state.epoch_tallies[name] = state.epoch_tallies.get(name, 0) + value
         done = (state.epoch - 1) * task.steps_per_epoch + step + 1
+        metrics = {"train/loss": loss_value, "train/lr": task.optimizer.param_groups[0]["lr"],
+                   "train/nfe_forward": stats.nfe_forward, "train/nfe_backward": stats.nfe_backward,
+                   "train/step_time_s": time.perf_counter() - start}
+        if self.regularizer.active:
+            metrics.update({"train/reg_kinetic": terms.kinetic, "train/reg_jacobian": terms.jacobian})
+        self.tracker.log_step(done, metrics)
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(epoch=state.epoch, loss=f"{loss_value:.3f}")

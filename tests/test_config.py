@@ -12,7 +12,7 @@ from noderun.errors import ConfigError
 from noderun.profiling import resolve_device
 from noderun.runner import validate
 
-GROUPS = ("model", "solver", "regularizer", "dataset", "profile", "experiment")
+GROUPS = ("model", "solver", "regularizer", "logger", "dataset", "profile", "experiment")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 

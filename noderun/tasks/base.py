@@ -72,6 +72,8 @@ class Task:
     epochs: int = 1
     steps_per_epoch: int = 0
     generators: tuple = ()
+    # the metrics of the epoch that end_epoch just evaluated ({name: number}), for the trackers (logger group)
+    epoch_metrics: dict = {}
 
     # -- before the run (class methods: no model is built)
     @classmethod

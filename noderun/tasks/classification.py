@@ -265,6 +265,8 @@ class ClassificationTask(Task):
                            ("epoch_time_s", summary.elapsed_s), ("nfe_forward", summary.nfe_forward),
                            ("nfe_backward", summary.nfe_backward)):
             self.history[key].append(value)
+        self.epoch_metrics = {"test_error": test_error, "train_error": train_error, "train_loss": train_loss,
+                              "test_loss": test_loss}
         line = (f"epoch {summary.epoch}/{self.epochs} loss {train_loss:.4f} train_err {train_error:.2f}% "
                 f"test_err {test_error:.2f}% time {summary.elapsed_s:.1f}s")
         if summary.nfe_forward and MODELS[self.cfg.model.name].has_ode_block:
