@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from noderun import distributed, loggers
 from noderun.checkpoint import RunDirectory, RunInterrupted, restore_rng_states, rng_states, run_key
 from noderun.loggers import RunLogger
+from noderun.models.regularization import regularizer_label
 from noderun.config import refuse_unread
 from noderun.distributed import World
 from noderun.errors import ConfigError
@@ -51,6 +52,14 @@ from noderun.tasks import get_task, task_names
 from noderun.tasks.base import EpochSummary, Task
 
 PRECISIONS = ("32", "bf16-mixed")
+
+
+def regularizer_of(cfg: DictConfig, task: type[Task]):
+    """The run's noderun.models.regularization.Regularizer (ConfigError for one that cannot act)."""
+    from noderun.models.regularization import from_config
+
+    return from_config(cfg.regularizer, trains_ode=task.trains_ode(cfg),
+                       run=f"task={task.name}, model={cfg.model.name}")
 # Common columns that say what ran rather than what it measured (the trackers log the others as final/...).
 NOT_MEASURED = ("run_id", "timestamp", "experiment", "task", "status", "model", "dataset", "profile", "seed",
                 "epochs", "method", "rtol", "atol", "adjoint", "regularizer", "device", "device_name", "precision",
@@ -94,45 +103,6 @@ def validate(cfg: DictConfig) -> type[Task]:
     loggers.check(cfg)
     refuse_unread(cfg, task.unread(cfg))
     return task
-
-
-REGULARIZERS = ("none", "rnode")
-
-
-def regularizer_of(cfg: DictConfig, task: type[Task]):
-    """The run's noderun.models.regularization.Regularizer (weights 0 for regularizer=none); ConfigError for
-    an invalid one, or one that would not act (no weight, or a run that trains no ODE)."""
-    from noderun.models.regularization import PROBES, Regularizer
-
-    r = cfg.regularizer
-    if r.name not in REGULARIZERS:
-        raise ConfigError(f"regularizer.name={r.name!r} is invalid; valid regularizers: {list(REGULARIZERS)}")
-    if r.name == "none":
-        if r.kinetic or r.jacobian:
-            raise ConfigError(f"regularizer.kinetic/jacobian have no effect with regularizer=none; use "
-                              f"regularizer=rnode regularizer.kinetic={r.kinetic} regularizer.jacobian={r.jacobian}")
-        return Regularizer()
-    for key in ("kinetic", "jacobian"):
-        if not (math.isfinite(r[key]) and r[key] >= 0):
-            raise ConfigError(f"regularizer.{key}={r[key]!r} is invalid; it must be a finite number >= 0")
-    if not (r.kinetic or r.jacobian):
-        raise ConfigError("regularizer=rnode with regularizer.kinetic=0 and regularizer.jacobian=0 has no effect; "
-                          "set one of them > 0, or use regularizer=none")
-    if r.probe not in PROBES:
-        raise ConfigError(f"regularizer.probe={r.probe!r} is invalid; valid probes: {list(PROBES)}")
-    if r.probe != PROBES[0] and not r.jacobian:
-        raise ConfigError(f"regularizer.probe={r.probe!r} has no effect with regularizer.jacobian=0 (the probe "
-                          "estimates the Jacobian term); drop it or set regularizer.jacobian > 0")
-    if not task.trains_ode(cfg):
-        raise ConfigError(f"regularizer=rnode regularises ODE solves in training, and this run trains none "
-                          f"(task={task.name}, model={cfg.model.name}); use regularizer=none")
-    return Regularizer(kinetic=float(r.kinetic), jacobian=float(r.jacobian), probe=r.probe)
-
-
-def regularizer_label(cfg: DictConfig) -> str:
-    """The `regularizer` column: none, or rnode with its weights."""
-    r = cfg.regularizer
-    return "none" if r.name == "none" else f"rnode(kinetic={r.kinetic:g}, jacobian={r.jacobian:g}, probe={r.probe})"
 
 
 def failure_reason(error: BaseException) -> str | None:
@@ -188,7 +158,7 @@ def _run(cfg: DictConfig, task: type[Task], world: World, device: torch.device, 
     record = RunRecord(
         run_id=meta["run_id"], experiment=cfg.experiment_name, task=task.name, profile=cfg.profile.name,
         seed=cfg.seed, device=device.type, device_name=device_name(device), precision=cfg.precision,
-        torch_version=torch.__version__, regularizer=regularizer_label(cfg),
+        torch_version=torch.__version__, regularizer=regularizer_label(cfg.regularizer),
         git_commit=meta["git_commit"], config=json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
     )
     cell = task.describe(cfg)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 PROBES = ("rademacher", "gaussian")
+NAMES = ("none", "rnode")  # the regularizer config group's options
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,41 @@ class Regularizer:
     @property
     def active(self) -> bool:
         return self.kinetic > 0 or self.jacobian > 0
+
+
+def from_config(r, trains_ode: bool, run: str) -> Regularizer:
+    """The Regularizer of a `regularizer` config node (weights 0 for none); ConfigError, in one line, for an
+    invalid one or one that would not act (no weight, a probe without the Jacobian term, or a run that trains
+    no ODE; `run` names it)."""
+    from noderun.errors import ConfigError
+
+    if r.name not in NAMES:
+        raise ConfigError(f"regularizer.name={r.name!r} is invalid; valid regularizers: {list(NAMES)}")
+    if r.name == "none":
+        if r.kinetic or r.jacobian:
+            raise ConfigError(f"regularizer.kinetic/jacobian have no effect with regularizer=none; use "
+                              f"regularizer=rnode regularizer.kinetic={r.kinetic} regularizer.jacobian={r.jacobian}")
+        return Regularizer()
+    for key in ("kinetic", "jacobian"):
+        if not (math.isfinite(r[key]) and r[key] >= 0):
+            raise ConfigError(f"regularizer.{key}={r[key]!r} is invalid; it must be a finite number >= 0")
+    if not (r.kinetic or r.jacobian):
+        raise ConfigError("regularizer=rnode with regularizer.kinetic=0 and regularizer.jacobian=0 has no effect; "
+                          "set one of them > 0, or use regularizer=none")
+    if r.probe not in PROBES:
+        raise ConfigError(f"regularizer.probe={r.probe!r} is invalid; valid probes: {list(PROBES)}")
+    if r.probe != PROBES[0] and not r.jacobian:
+        raise ConfigError(f"regularizer.probe={r.probe!r} has no effect with regularizer.jacobian=0 (the probe "
+                          "estimates the Jacobian term); drop it or set regularizer.jacobian > 0")
+    if not trains_ode:
+        raise ConfigError(f"regularizer=rnode regularises ODE solves in training, and this run trains none "
+                          f"({run}); use regularizer=none")
+    return Regularizer(kinetic=float(r.kinetic), jacobian=float(r.jacobian), probe=r.probe)
+
+
+def regularizer_label(r) -> str:
+    """The `regularizer` result column of a `regularizer` config node: none, or rnode with its weights."""
+    return "none" if r.name == "none" else f"rnode(kinetic={r.kinetic:g}, jacobian={r.jacobian:g}, probe={r.probe})"
 
 
 @dataclass
