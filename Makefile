@@ -112,6 +112,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ode.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_gradients.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache
