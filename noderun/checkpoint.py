@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 CHECKPOINT_VERSION = 2
 
 # Config keys that do not change what a run computes: left out of the run's identity.
-NON_IDENTITY_KEYS = ("results_dir", "data_dir", "resume", "force", "checkpoint_every_s")
+NON_IDENTITY_KEYS = ("results_dir", "data_dir", "resume", "force", "checkpoint_every_s", "logger")
 NON_IDENTITY_PROFILE_KEYS = ("progress",)
 
 
@@ -210,6 +210,14 @@ class RunDirectory:
         if self.writer:
             atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
         return meta
+
+    def update_meta(self, **values) -> None:
+        """Add keys to run.json (e.g. the MLflow run id a resumed run continues)."""
+        if not self.writer:
+            return
+        meta = json.loads(self.meta_path.read_text())
+        meta.update(values)
+        atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
 
     def forget_run_id(self) -> None:
         if self.writer:

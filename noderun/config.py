@@ -266,9 +266,33 @@ class Crossing2DDatasetConfig:
 
 
 @dataclass
+class RegularizerConfig:
+    """RNODE regularisation of every ODE solve in training (Finlay et al. 2020; noderun.models.regularization).
+
+    none: no regularisation; rnode: `kinetic` x ∫‖f‖² dt + `jacobian` x ∫‖∂f/∂z‖²_F dt added to the loss,
+    the second by Hutchinson's estimator with one `probe` (rademacher or gaussian) per sample."""
+
+    name: str = "none"
+    kinetic: float = 0.0
+    jacobian: float = 0.0
+    probe: str = "rademacher"
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment trackers the runner logs to (noderun.loggers): none, tensorboard, mlflow or both."""
+
+    backends: list[str] = field(default_factory=list)  # of tensorboard, mlflow
+    tensorboard_dir: str = "${results_dir}/tensorboard"  # event files: <this>/<experiment_name>/<run_id>
+    mlflow_uri: Optional[str] = None  # MLflow tracking URI; null: a local file store, <results_dir>/mlflow
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     solver: SolverConfig = field(default_factory=SolverConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     dataset: Any = MISSING
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     task: str = "classification"
@@ -325,6 +349,8 @@ def register_configs() -> None:
     store.store(name="data_schema", node=DataConfig)
     store.store(group="schema/model", name="classifier", node=ClassifierModelConfig, package="model")
     store.store(group="schema/solver", name="solver", node=SolverConfig, package="solver")
+    store.store(group="schema/regularizer", name="regularizer", node=RegularizerConfig, package="regularizer")
+    store.store(group="schema/logger", name="logger", node=LoggerConfig, package="logger")
     store.store(group="schema/dataset", name="mnist", node=MNISTDatasetConfig, package="dataset")
     store.store(group="schema/profile", name="profile", node=ProfileConfig, package="profile")
     for _, group, name, node in TASK_SCHEMAS:
@@ -343,7 +369,8 @@ SCHEMAS: dict = {
     ("profile", "profile"): ProfileConfig,
     **{(group, name): node for _, group, name, node in TASK_SCHEMAS},
 }
-ROOT_SCHEMAS: dict = {"solver": SolverConfig, "profile": ProfileConfig, "": Config}
+ROOT_SCHEMAS: dict = {"solver": SolverConfig, "profile": ProfileConfig, "regularizer": RegularizerConfig,
+                      "logger": LoggerConfig, "": Config}
 
 
 def option_defaults(group: str, option: Optional[str]) -> DictConfig:

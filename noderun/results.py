@@ -53,6 +53,12 @@ class RunRecord:
     # 0 for models without an ODE. An evaluation-only task (figure3): mean per evaluated batch.
     nfe_forward: Optional[float] = None
     nfe_backward: Optional[float] = None  # ... backward pass (adjoint solve); 0 when gradients are backpropagated
+    # regularizer=rnode (noderun.models.regularization): "rnode" with its weights; "none" without
+    regularizer: Optional[str] = None
+    # its terms per training iteration (batch means, summed over the iteration's solves), mean over the last
+    # 10 % of training iterations as the NFE: ∫‖f‖² dt and the Hutchinson estimate of ∫‖∂f/∂z‖²_F dt
+    reg_kinetic: Optional[float] = None
+    reg_jacobian: Optional[float] = None
     memory_mib: Optional[float] = None  # bytes saved for backward in the first training step (saved_tensors_hooks), MiB
     cuda_peak_mib: Optional[float] = None  # torch.cuda.max_memory_allocated over that step, MiB; empty on CPU
     # median seconds of a training iteration (forward, backward, update; device synchronised),

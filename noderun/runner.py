@@ -38,8 +38,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from noderun import distributed
-from noderun.checkpoint import RunDirectory, RunInterrupted, restore_rng_states, rng_states
+from noderun import distributed, loggers
+from noderun.checkpoint import RunDirectory, RunInterrupted, restore_rng_states, rng_states, run_key
+from noderun.loggers import RunLogger
+from noderun.models.regularization import regularizer_label
 from noderun.config import refuse_unread
 from noderun.distributed import World
 from noderun.errors import ConfigError
@@ -50,6 +52,18 @@ from noderun.tasks import get_task, task_names
 from noderun.tasks.base import EpochSummary, Task
 
 PRECISIONS = ("32", "bf16-mixed")
+
+
+def regularizer_of(cfg: DictConfig, task: type[Task]):
+    """The run's noderun.models.regularization.Regularizer (ConfigError for one that cannot act)."""
+    from noderun.models.regularization import from_config
+
+    return from_config(cfg.regularizer, trains_ode=task.trains_ode(cfg),
+                       run=f"task={task.name}, model={cfg.model.name}")
+# Common columns that say what ran rather than what it measured (the trackers log the others as final/...).
+NOT_MEASURED = ("run_id", "timestamp", "experiment", "task", "status", "model", "dataset", "profile", "seed",
+                "epochs", "method", "rtol", "atol", "adjoint", "regularizer", "device", "device_name", "precision",
+                "torch_version", "git_commit", "config")
 LOG_LINES = 10  # progress lines a run logs, evenly spaced over its steps
 NFE_WINDOW = 0.1  # nfe_forward / nfe_backward average the last 10 % of training iterations
 
@@ -85,6 +99,8 @@ def validate(cfg: DictConfig) -> type[Task]:
                           "(CPU: AVX512-BF16 or AMX; CUDA: compute capability 8.0 or newer): emulated it is "
                           "slower than float32; use precision=32")
     task.validate(cfg)
+    regularizer_of(cfg, task)
+    loggers.check(cfg)
     refuse_unread(cfg, task.unread(cfg))
     return task
 
@@ -142,20 +158,24 @@ def _run(cfg: DictConfig, task: type[Task], world: World, device: torch.device, 
     record = RunRecord(
         run_id=meta["run_id"], experiment=cfg.experiment_name, task=task.name, profile=cfg.profile.name,
         seed=cfg.seed, device=device.type, device_name=device_name(device), precision=cfg.precision,
-        torch_version=torch.__version__,
+        torch_version=torch.__version__, regularizer=regularizer_label(cfg.regularizer),
         git_commit=meta["git_commit"], config=json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
     )
-    row = {**asdict(record), **task.describe(cfg)}
+    cell = task.describe(cfg)
+    row = {**asdict(record), **cell}
     path = Path(cfg.results_dir) / f"{cfg.experiment_name}.csv"
     columns = COMMON_COLUMNS + list(task.columns)
+    loop = Loop(cfg, task, run_dir, world, device, log, meta)
     try:
         with run_dir.stop_on_interrupt():
-            row.update(Loop(cfg, task, run_dir, world, device, log).run())
+            row.update(loop.run())
     except RunInterrupted as interrupted:
+        loop.tracker.stop()
         log(f"[noderun] {interrupted}; rerun the same command to resume")
         raise
     except Exception as error:
         reason = failure_reason(error)
+        loop.tracker.fail()
         if reason is None:
             raise
         if world.is_main:
@@ -168,6 +188,7 @@ def _run(cfg: DictConfig, task: type[Task], world: World, device: torch.device, 
     # unique_key: a run killed between this append and mark_finished appends nothing on its rerun.
     if world.is_main:
         append_row(path, row, columns, unique_key="run_id")
+    loop.tracker.finish({k: v for k, v in row.items() if k not in cell and k not in NOT_MEASURED})
     run_dir.mark_finished(row)
     log(f"[noderun] result row -> {path} (run {meta['run_id']})")
     return row
@@ -197,6 +218,8 @@ class LoopState:
     last_loss: float = math.nan
     nfe_forward: list = field(default_factory=list)  # per training iteration, the whole run
     nfe_backward: list = field(default_factory=list)
+    reg_kinetic: list = field(default_factory=list)  # per training iteration with a regularizer (RunRecord)
+    reg_jacobian: list = field(default_factory=list)
     iteration_times: list = field(default_factory=list)  # seconds, every iteration but the first
     memory_bytes: int | None = None  # saved-for-backward bytes of the first iteration
     cuda_peak_mib: float | None = None
@@ -206,12 +229,15 @@ class Loop:
     """One run of a task's training, from its checkpoint if it has one, then its evaluation."""
 
     def __init__(self, cfg: DictConfig, task: type[Task], run_dir: RunDirectory, world: World,
-                 device: torch.device, log):
+                 device: torch.device, log, meta: dict):
         self.cfg, self.task_class, self.run_dir, self.world, self.device, self.log = (
             cfg, task, run_dir, world, device, log)
+        self.meta = meta
+        self.tracker = RunLogger(cfg, (), meta, "", "", 0, None)  # none until run() opens the configured ones
 
     def run(self) -> dict:
         cfg, world, device, log = self.cfg, self.world, self.device, self.log
+        self.regularizer = regularizer_of(cfg, self.task_class)
         torch.manual_seed(cfg.seed)
         task = self.task_class(cfg, device=device, world=world, log=log)
         self.task = task
@@ -223,6 +249,10 @@ class Loop:
             state = LoopState(**saved["loop"])
             log(f"[noderun] resumed at epoch {state.epoch}, step {state.step}/{task.steps_per_epoch}")
         self.state = state
+        done = (state.epoch - 1) * task.steps_per_epoch + state.step
+        self.tracker = RunLogger(cfg, loggers.check(cfg), self.meta, run_key(cfg), device_name(device), done,
+                                 lambda mlflow_id: self.run_dir.update_meta(mlflow_run_id=mlflow_id),
+                                 is_main=world.is_main)
         params = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
         log(f"[noderun] {task.summary()} ({params:,} params) profile={cfg.profile.name} device={device} "
             f"{task.epochs} x {task.steps_per_epoch} steps")
@@ -294,6 +324,8 @@ class Loop:
                 nfe_forward=state.nfe_forward[epoch_nfe], nfe_backward=state.nfe_backward[epoch_nfe]))
             if line:
                 self.log(line)
+            self.tracker.log_epoch({"epoch/time_s": state.epoch_elapsed_s,
+                                    **{f"epoch/{k}": v for k, v in task.epoch_metrics.items()}})
             state.epoch, state.step = state.epoch + 1, 0
             state.epoch_loss_sum, state.epoch_tallies, state.epoch_elapsed_s = 0.0, {}, 0.0
             self._checkpoint()
@@ -305,6 +337,7 @@ class Loop:
         self.segment_start = time.perf_counter()
 
     def _step(self, step: int) -> None:
+        from noderun.models import regularization
         from noderun.ode import track_stats
 
         task, state, device, world = self.task, self.state, self.device, self.world
@@ -318,10 +351,11 @@ class Loop:
         start = time.perf_counter()
         try:
             with track_stats() as stats:
-                with meter:
+                with meter, regularization.collect(self.regularizer) as terms:
                     loss, tallies = task.loss(batch)
+                objective = loss if terms.penalty is None else loss + terms.penalty
                 task.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
             synchronize(device)  # NFE and failures of the backward pass are known only once it has run
         except Exception as error:  # one rank's failure must stop every rank (see the module docstring)
             if not world.distributed or failure_reason(error) is None:
@@ -357,11 +391,20 @@ class Loop:
             state.iteration_times.append(time.perf_counter() - start)
         state.nfe_forward.append(stats.nfe_forward)
         state.nfe_backward.append(stats.nfe_backward)
+        if self.regularizer.active:
+            state.reg_kinetic.append(terms.kinetic)
+            state.reg_jacobian.append(terms.jacobian)
         state.last_loss = loss_value
         state.epoch_loss_sum += loss_sum
         for name, value in zip(names, summed):
             state.epoch_tallies[name] = state.epoch_tallies.get(name, 0) + value
         done = (state.epoch - 1) * task.steps_per_epoch + step + 1
+        metrics = {"train/loss": loss_value, "train/lr": task.optimizer.param_groups[0]["lr"],
+                   "train/nfe_forward": stats.nfe_forward, "train/nfe_backward": stats.nfe_backward,
+                   "train/step_time_s": time.perf_counter() - start}
+        if self.regularizer.active:
+            metrics.update({"train/reg_kinetic": terms.kinetic, "train/reg_jacobian": terms.jacobian})
+        self.tracker.log_step(done, metrics)
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(epoch=state.epoch, loss=f"{loss_value:.3f}")
@@ -375,13 +418,15 @@ class Loop:
         state = self.state
         window = max(1, math.ceil(len(state.nfe_forward) * NFE_WINDOW))
 
-        def late_mean(values: list) -> float | None:
-            return round(statistics.fmean(values[-window:]), 3) if values else None
+        def late_mean(values: list, digits: int = 3) -> float | None:
+            return round(statistics.fmean(values[-window:]), digits) if values else None
 
         return {
             "params": params,
             "nfe_forward": late_mean(state.nfe_forward),
             "nfe_backward": late_mean(state.nfe_backward),
+            "reg_kinetic": late_mean(state.reg_kinetic, digits=6),
+            "reg_jacobian": late_mean(state.reg_jacobian, digits=6),
             "memory_mib": round(state.memory_bytes / 2**20, 4) if state.memory_bytes is not None else None,
             "cuda_peak_mib": round(state.cuda_peak_mib, 3) if state.cuda_peak_mib is not None else None,
             "time_per_iter_s": round(statistics.median(state.iteration_times), 5) if state.iteration_times else None,

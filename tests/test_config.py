@@ -12,7 +12,7 @@ from noderun.errors import ConfigError
 from noderun.profiling import resolve_device
 from noderun.runner import validate
 
-GROUPS = ("model", "solver", "dataset", "profile", "experiment")
+GROUPS = ("model", "solver", "regularizer", "logger", "dataset", "profile", "experiment")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 
@@ -45,7 +45,7 @@ def _overrides(group: str, option: str) -> list[str]:
     """Options typed by a task's own schema compose with an experiment of that task (the only way
     they are meant to run: e.g. model=latent_ode with experiment=latent_ode, not with MNIST)."""
     owner = _schema_owner(group, option) if group in ("model", "dataset") else None
-    if group == "solver":  # the default model (the MLP) has no ODE block and refuses solver options
+    if group in ("solver", "regularizer"):  # the default model (the MLP) has no ODE block: it refuses both
         return ["model=odenet", f"{group}={option}"]
     if owner is None:
         return [f"{group}={option}"]

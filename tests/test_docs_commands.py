@@ -488,7 +488,7 @@ def test_a_sweep_is_expanded_into_its_jobs():
     assert expand(["seed=0,1"], multirun=False) == [["seed=0,1"]]
 
 
-@pytest.mark.parametrize("group", ["model", "solver", "dataset", "profile", "experiment"])
+@pytest.mark.parametrize("group", ["model", "solver", "regularizer", "logger", "dataset", "profile", "experiment"])
 def test_readme_configuration_table_lists_every_option(group):
     """The README's config-group table is complete: every file of conf/<group> is named in its row."""
     readme = (CONF_DIR.parent / "README.md").read_text()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from noderun.errors import ConfigError
+from noderun.models import regularization
 
 BACKENDS = ("native", "torchdiffeq")
 # Methods both libraries implement (torchdiffeq has no tsit5). Same names, same schemes, except
@@ -144,11 +145,21 @@ class SolverSpec:
 
         adjoint: overrides the spec's gradient mode for this call (evaluation without a graph
         passes False: nothing to differentiate). adjoint_params: the parameters the adjoint
-        differentiates, by default those of `func` when it is a module.
+        differentiates, by default those of `func` when it is a module. Inside a regularised
+        training step (noderun.models.regularization.collect) the solve also integrates the RNODE terms.
         """
         use_adjoint = self.adjoint if adjoint is None else adjoint
         if use_adjoint and adjoint_params is None and isinstance(func, nn.Module):
             adjoint_params = tuple(func.parameters())
+        collection = regularization.active()
+        if collection is not None:  # a regularised training step: K and J integrated beside the state
+            def plain(f, y, times, params):
+                return self._solve(f, y, times, use_adjoint, params)
+
+            return regularization.solve_regularized(plain, func, y0, t, collection, adjoint_params)
+        return self._solve(func, y0, t, use_adjoint, adjoint_params)
+
+    def _solve(self, func: Callable, y0: Any, t: torch.Tensor, use_adjoint: bool, adjoint_params) -> Any:
         if self.backend == "torchdiffeq":
             adjoint_options = {**self.options, "norm": "seminorm"} if self.seminorm else None
             return _solve_torchdiffeq(func, y0, t, self.odeint_kwargs, use_adjoint, adjoint_options, adjoint_params)

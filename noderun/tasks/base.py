@@ -72,6 +72,8 @@ class Task:
     epochs: int = 1
     steps_per_epoch: int = 0
     generators: tuple = ()
+    # the metrics of the epoch that end_epoch just evaluated ({name: number}), for the trackers (logger group)
+    epoch_metrics: dict = {}
 
     # -- before the run (class methods: no model is built)
     @classmethod
@@ -101,6 +103,11 @@ class Task:
         """The columns that identify the run's cell, known before it runs (they also fill a failed row):
         model, dataset and, where they apply, epochs, method, rtol, atol, adjoint and own columns."""
         return {}
+
+    @classmethod
+    def trains_ode(cls, cfg: DictConfig) -> bool:
+        """Whether the run's training solves an ODE (what regularizer=rnode acts on)."""
+        return True
 
     @classmethod
     def cpu_threads(cls, cfg: DictConfig) -> Optional[int]:

@@ -137,6 +137,10 @@ class ClassificationTask(Task):
         return unread
 
     @classmethod
+    def trains_ode(cls, cfg: DictConfig) -> bool:
+        return MODELS[cfg.model.name].has_ode_block
+
+    @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
         has_ode = MODELS[cfg.model.name].has_ode_block
         solver = SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint).describe() if has_ode else {}
@@ -261,6 +265,8 @@ class ClassificationTask(Task):
                            ("epoch_time_s", summary.elapsed_s), ("nfe_forward", summary.nfe_forward),
                            ("nfe_backward", summary.nfe_backward)):
             self.history[key].append(value)
+        self.epoch_metrics = {"test_error": test_error, "train_error": train_error, "train_loss": train_loss,
+                              "test_loss": test_loss}
         line = (f"epoch {summary.epoch}/{self.epochs} loss {train_loss:.4f} train_err {train_error:.2f}% "
                 f"test_err {test_error:.2f}% time {summary.elapsed_s:.1f}s")
         if summary.nfe_forward and MODELS[self.cfg.model.name].has_ode_block:

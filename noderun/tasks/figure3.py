@@ -110,6 +110,10 @@ class Figure3Task(Task):
             option=name)]
 
     @classmethod
+    def trains_ode(cls, cfg: DictConfig) -> bool:
+        return False  # it evaluates a trained model
+
+    @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
         solver = SolverSpec.from_config(cfg.solver, default_adjoint=True)
         return {"model": cfg.model.name, "dataset": "mnist", **solver.describe(), "seminorm": solver.seminorm,

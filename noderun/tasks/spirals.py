@@ -150,6 +150,10 @@ class SpiralsTask(Task):
         return unread
 
     @classmethod
+    def trains_ode(cls, cfg: DictConfig) -> bool:
+        return cfg.model.name == "latent_ode"
+
+    @classmethod
     def describe(cls, cfg: DictConfig) -> dict:
         solver = solver_spec(cfg).describe() if cfg.model.name == "latent_ode" else {}
         consistency = cfg.model.consistency if cfg.model.name == "latent_ode" else None
@@ -254,6 +258,7 @@ class SpiralsTask(Task):
         if self.val is None:
             return None
         loss = self.validation_loss()
+        self.epoch_metrics = {"val_loss": loss}
         if loss < self.best["val_loss"]:  # NaN never is: a diverged model is never selected
             state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.best = {"val_loss": loss, "iteration": self.iteration, "restart": self.restart, "state": state}
