@@ -66,6 +66,10 @@ def run_identity(cfg: DictConfig) -> dict:
         identity.pop(key, None)
     for key in NON_IDENTITY_PROFILE_KEYS:
         identity.get("profile", {}).pop(key, None)
+    # No regularisation computes what a run without the regularizer group computed: its key stays the
+    # same, so finished runs are still found and interrupted ones resume (weights are refused with none).
+    if identity.get("regularizer", {}).get("name") == "none":
+        identity.pop("regularizer")
     return identity
 
 

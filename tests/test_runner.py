@@ -196,3 +196,16 @@ def test_a_flow_row_has_memory_and_time_like_every_row(compose_config, tmp_path)
     train(cfg, log=QUIET)
     frame = pd.read_csv(tmp_path / "flows_density.csv")
     assert frame["memory_mib"][0] > 0 and frame["time_per_iter_s"][0] > 0
+
+
+def test_no_regularisation_leaves_the_run_key_of_a_run_without_the_group(compose_config):
+    """Finished runs stay found and interrupted ones resume when regularizer=none is the default."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose_config(["model=odenet", "profile=smoke"])
+    without_group = OmegaConf.create(OmegaConf.to_container(cfg))
+    with open_dict(without_group):
+        del without_group["regularizer"]
+    assert run_key(cfg) == run_key(without_group)
+    rnode = compose_config(["model=odenet", "profile=smoke", "regularizer=rnode", "regularizer.kinetic=0.01"])
+    assert run_key(rnode) != run_key(cfg)
