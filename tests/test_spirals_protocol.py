@@ -191,3 +191,17 @@ def test_ablation_rows_are_labelled_by_the_setting_they_change():
     lines = [l for l in text.splitlines() if l.startswith("| Latent ODE")]
     assert "current protocol" in lines[0] and "1.000 ± 0.000" in lines[0]
     assert "KL warm-up 500" in lines[1] and "0.500 ± 0.000" in lines[1] and "41.00" in lines[1]
+
+
+def test_two_layer_dynamics_rows_do_not_replace_the_papers_model_of_the_same_seed():
+    dyn2 = {"model": {"name": "latent_ode", "dyn_layers": 2, "restarts": 1, "kl_warmup": 0,
+                      "iterations": {"quick": 2000}},
+            "dataset": {"train_coverage": "forecast", "n_val": 100, "seed": None, "n_obs": 30},
+            "solver": {"rtol": 0.01, "atol": 0.001}}
+    rows = [_row("latent_ode_elbo", 30, 1.0, s) for s in (0, 1)]
+    rows += [dict(_row("latent_ode_elbo", 30, 0.5, 0, config=dyn2), timestamp="2026-02-01T00:00:00")]
+    table = next(v for k, v in render(pd.DataFrame(rows), "quick") if k.startswith("Table 2 (spirals"))
+    paper = next(l for l in table.splitlines() if l.startswith("| Latent ODE, ELBO only (paper's method)"))
+    two = next(l for l in table.splitlines() if l.startswith("| Latent ODE, ELBO only, two-layer"))
+    assert "1.0000 ± 0.0000" in paper and "2/0/0" in paper
+    assert "0.5000" in two and "1/0/0" in two

@@ -36,7 +36,8 @@ MAIN_NOISE = SpiralsDatasetConfig.noise_std  # the dataset config's noise: the m
 MAIN_EXPERIMENT = "table2"
 ABLATION_EXPERIMENT = "table2_ablation"
 SPREAD_N_OBS = 50  # the column whose spread is split into the data's and the training's
-CELL = ["experiment", "model", "consistency", "noise_std", "n_obs", "seed", "data_seed", "train_coverage", "n_val",
+# `variant` (with_methods) tells the ELBO-only latent ODE from the same with two-layer dynamics
+CELL = ["experiment", "variant", "model", "consistency", "noise_std", "n_obs", "seed", "data_seed", "train_coverage", "n_val",
         "profile"]
 REFERENCES = (
     ("oracle", "Oracle: spiral family known, start and direction fitted (reference)"),
