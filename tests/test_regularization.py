@@ -189,6 +189,18 @@ def test_every_ode_model_trains_with_rnode_and_records_its_terms(compose_config,
     assert regularized["reg_kinetic"] > 0 and regularized["reg_jacobian"] > 0
     frame = pd.read_csv(tmp_path / f"{csv}.csv")
     assert list(frame["regularizer"]) == ["none", "rnode(kinetic=0.1, jacobian=0.2, probe=rademacher)"]
+    # the files saved beside the rows are the two runs' own: the figures keep drawing the unregularised one
+    saved = [p.name for p in tmp_path.rglob("*") if p.suffix in (".npz", ".pt") and "runs" not in p.parts]
+    assert sum("_rnode_k0.1_j0.2_rademacher" in name for name in saved) == 1
+    assert sum("_rnode" not in name for name in saved) == 1
+    # the paper's tables take the unregularised run; the regularised one is in its own section beside it
+    from noderun.report import render_all
+    from noderun.results import read_results
+
+    paper, regularisation = render_all(read_results(tmp_path)).split("## Regularisation")
+    assert "rnode(kinetic=0.1" not in paper
+    lines = [line for line in regularisation.splitlines() if line.startswith("| ") and "NFE" not in line]
+    assert [line.split("|")[2].strip() for line in lines] == ["none", "rnode(kinetic=0.1, jacobian=0.2, probe=rademacher)"]
 
 
 def test_the_penalty_is_added_to_the_loss_that_is_minimised(compose_config, tmp_path, monkeypatch):

@@ -89,6 +89,13 @@ def regularizer_label(r) -> str:
     return "none" if r.name == "none" else f"rnode(kinetic={r.kinetic:g}, jacobian={r.jacobian:g}, probe={r.probe})"
 
 
+def artifact_suffix(r) -> str:
+    """What a regularised run adds to the names of the files it saves beside its row (weights, arrays for
+    the figures), so that they never replace those of the unregularised run of the same cell: '' for none,
+    e.g. '_rnode_k0.01_j0.01_rademacher' (None: ''). The figures of the paper's results read unsuffixed files only."""
+    return "" if r is None or r.name == "none" else f"_rnode_k{r.kinetic:g}_j{r.jacobian:g}_{r.probe}"
+
+
 @dataclass
 class Collection:
     """The terms of every regularised solve of one step: their weighted sum (differentiable) and values."""

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from noderun.report import crossing, figure3, flows, table1, table2
+from noderun.report import crossing, figure3, flows, regularization, table1, table2
+from noderun.report.aggregate import is_regularised
 
 SECTIONS = (table1, figure3, table2, flows, crossing)  # in the order of the paper, then beyond it
 
@@ -21,10 +22,15 @@ SECTIONS = (table1, figure3, table2, flows, crossing)  # in the order of the pap
 def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:
     """Every family's tables, one section per profile present (or only `profile`).
 
-    With no results at all, Table 1 is shown with every row 'not run'.
+    With no results at all, Table 1 is shown with every row 'not run'. The paper's tables take the
+    unregularised runs only; runs with a regularizer get their own section, beside the unregularised
+    runs of the same settings (noderun.report.regularization).
     """
-    profiles = [profile] if profile else sorted(p for p in frame["profile"].dropna().unique() if p)
-    if frame.empty or not profiles:
+    regularised = frame[is_regularised(frame)]
+    frame = frame[~is_regularised(frame)]
+    everything = pd.concat([frame, regularised])
+    profiles = [profile] if profile else sorted(p for p in everything["profile"].dropna().unique() if p)
+    if everything.empty or not profiles:
         title, text = table1.render(frame, profile or "quick")[0]
         return f"No results yet: run `noderun train` or `make reproduce`.\n\n## {title}\n\n{text}\n"
     sections = []
@@ -39,6 +45,10 @@ def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:
                 continue
             for title, text in family.render(family_rows, name):
                 sections.append(f"## {title}, profile={name}\n\nMeasured on: {machines}\n\n{text}")
+        if len(regularised):
+            part = pd.concat([rows, regularised[regularised["profile"] == name]])
+            for title, text in regularization.render(part, name):
+                sections.append(f"## {title}, profile={name}\n\n{text}")
     return "\n\n".join(sections) + "\n"
 
 

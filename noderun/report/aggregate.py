@@ -19,6 +19,21 @@ def latest_per_cell(frame: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
     return ordered.drop_duplicates(subset=[c for c in cell if c in ordered], keep="last")
 
 
+def is_regularised(frame: pd.DataFrame) -> pd.Series:
+    """Rows of runs trained with a regularizer (the `regularizer` column other than none; rows written before
+    the column existed count as none)."""
+    if "regularizer" not in frame:
+        return pd.Series(False, index=frame.index)
+    label = frame["regularizer"].astype(str).str.strip()
+    return ~label.isin(("none", "", "nan", "None"))
+
+
+def unregularised(paths) -> list:
+    """The saved files of unregularised runs, sorted: a regularised run's names carry '_rnode'
+    (noderun.models.regularization.artifact_suffix), and the paper's figures are drawn without them."""
+    return sorted(p for p in paths if "_rnode" not in p.name)
+
+
 def finished(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "ok"]
 
@@ -69,5 +84,6 @@ def profile_rows(results_dir, experiment: str, cell: list[str]) -> dict[str, pd.
     frame = read_results(results_dir)
     if frame.empty:
         return {}
+    frame = frame[~is_regularised(frame)]
     rows = finished(latest_per_cell(frame[frame["experiment"] == experiment], cell))
     return {str(profile): part for profile, part in rows.groupby("profile") if len(part)}

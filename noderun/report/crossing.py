@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from noderun.report.aggregate import latest_per_cell, markdown, mean_std
+from noderun.report.aggregate import latest_per_cell, markdown, mean_std, unregularised
 from noderun.report.plotting import pyplot, save_figure
 
 TASK = "crossing"
@@ -65,7 +65,7 @@ def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
 
 def _load(folder: Path, dataset: str, model: str):
     """The saved arrays of the lowest seed of a (data set, model) pair, or None."""
-    paths = sorted(folder.glob(f"{dataset}_{model}_a*_s*.npz"), key=lambda p: (int(p.stem.rsplit("_s", 1)[1]), p.name))
+    paths = sorted(unregularised(folder.glob(f"{dataset}_{model}_a*_s*.npz")), key=lambda p: (int(p.stem.rsplit("_s", 1)[1]), p.name))
     return (np.load(paths[0]), paths[0]) if paths else (None, None)
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from noderun.data.densities import ENERGIES, GRID, LIMIT, SNAPSHOTS, TOY_DATASETS, density_grid, energy
-from noderun.report.aggregate import latest_per_cell, markdown, mean_std
+from noderun.report.aggregate import is_regularised, latest_per_cell, markdown, mean_std, unregularised
 from noderun.report.plotting import pyplot, save_figure
 
 TASK = "flows"
@@ -119,7 +119,7 @@ def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
 
 
 def _load(folder: Path, kind: str, target: str, model: str, width: int):
-    paths = sorted(folder.glob(f"{kind}_{target}_{model}_w{width}_s*.npz"))
+    paths = unregularised(folder.glob(f"{kind}_{target}_{model}_w{width}_s*.npz"))
     return np.load(paths[0]) if paths else None
 
 
@@ -136,6 +136,7 @@ def density_errorbars(results_dir: Path, plt) -> list[Path]:
     frame = read_results(results_dir)
     if frame.empty or "kind" not in frame:
         return []
+    frame = frame[~is_regularised(frame)]
     rows = latest_per_cell(frame[(frame["task"] == TASK) & (frame["kind"] == "density")],
                            ["experiment", "kind", "model", "target", "width", "seed", "profile"])
     rows = rows[rows["status"] == "ok"]
@@ -195,8 +196,8 @@ def figures(results_dir: Path) -> list[Path]:
             fig.tight_layout()
             written.append(save_figure(fig, out / f"flows_density_{profile}.png", dpi=80))
         for data_name in TOY_DATASETS:
-            cnf = next(iter(sorted(folder.glob(f"mle_{data_name}_planar_cnf_w*_s*.npz"))), None)
-            nf = next(iter(sorted(folder.glob(f"mle_{data_name}_planar_nf_w*_s*.npz"))), None)
+            cnf = next(iter(unregularised(folder.glob(f"mle_{data_name}_planar_cnf_w*_s*.npz"))), None)
+            nf = next(iter(unregularised(folder.glob(f"mle_{data_name}_planar_nf_w*_s*.npz"))), None)
             if cnf is None and nf is None:
                 continue
             fig, axes = plt.subplots(2, len(SNAPSHOTS) + 2, figsize=(2.2 * (len(SNAPSHOTS) + 2), 4.6), squeeze=False)

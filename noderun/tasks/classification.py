@@ -25,6 +25,7 @@ from noderun.data.batching import epoch_permutation, random_crop, to_float
 from noderun.data.mnist import load_mnist
 from noderun.distributed import World
 from noderun.models import MODELS, build_model
+from noderun.models.regularization import artifact_suffix
 from noderun.models.solver import SolverSpec
 from noderun.tasks.base import EpochSummary, Task, require
 
@@ -32,9 +33,10 @@ MNIST_TRAIN_SIZE = 60_000
 LR_SCHEDULES = ("multistep", "cosine", "linear")
 
 
-def final_weights_path(results_dir, experiment: str, model: str, profile: str, seed: int) -> Path:
-    """Where a run's final weights and history go; a rerun of the same cell replaces them."""
-    return Path(results_dir) / "checkpoints" / f"{experiment}-{model}-{profile}-seed{seed}.pt"
+def final_weights_path(results_dir, experiment: str, model: str, profile: str, seed: int, suffix: str = "") -> Path:
+    """Where a run's final weights and history go; a rerun of the same cell replaces them. suffix: a
+    regularised run's (noderun.models.regularization.artifact_suffix)."""
+    return Path(results_dir) / "checkpoints" / f"{experiment}-{model}-{profile}-seed{seed}{suffix}.pt"
 
 
 def evaluate(model, images, labels, batch_size: int, autocast=nullcontext) -> tuple[int, float]:
@@ -291,7 +293,8 @@ class ClassificationTask(Task):
         import io
 
         cfg = self.cfg
-        path = final_weights_path(cfg.results_dir, cfg.experiment_name, cfg.model.name, cfg.profile.name, cfg.seed)
+        path = final_weights_path(cfg.results_dir, cfg.experiment_name, cfg.model.name, cfg.profile.name, cfg.seed,
+                                  artifact_suffix(cfg.get("regularizer")))
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         weights = self.evaluated_model.state_dict()

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from noderun.config import Unread
 from noderun.data.crossing import sample
 from noderun.models.crossing import READOUTS, CrossingODE
+from noderun.models.regularization import artifact_suffix
 from noderun.models.solver import SolverSpec
 from noderun.tasks.base import EpochSummary, Task, require
 
@@ -38,8 +39,10 @@ TRAJECTORY_TIMES = 41  # points of each saved trajectory over [0, 1]
 SAVED_FEATURES = 1000  # test points whose final state is saved for the figure
 
 
-def artifact_path(results_dir, profile: str, dataset: str, model: str, augment_dim: int, seed: int) -> Path:
-    return Path(results_dir) / "crossing" / profile / f"{dataset}_{model}_a{augment_dim}_s{seed}.npz"
+def artifact_path(results_dir, profile: str, dataset: str, model: str, augment_dim: int, seed: int,
+                  suffix: str = "") -> Path:
+    """suffix: a regularised run's (noderun.models.regularization.artifact_suffix)."""
+    return Path(results_dir) / "crossing" / profile / f"{dataset}_{model}_a{augment_dim}_s{seed}{suffix}.npz"
 
 
 def model_label(augment_dim: int) -> str:
@@ -214,7 +217,7 @@ class CrossingTask(Task):
             "data_dim": np.int32(model.data_dim), "augment_dim": np.int32(model.augment_dim),
         }
         path = artifact_path(cfg.results_dir, cfg.profile.name, cfg.dataset.name, model_label(m.augment_dim),
-                             m.augment_dim, cfg.seed)
+                             m.augment_dim, cfg.seed, artifact_suffix(cfg.get("regularizer")))
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
         return row

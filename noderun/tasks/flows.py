@@ -31,6 +31,7 @@ from noderun.config import Unread, schema_keys
 from noderun.data.densities import (ENERGIES, GRID, SNAPSHOTS, TOY_DATASETS, density_grid, energy, log_normalizer,
                                     sample_toy, toy_log_prob)
 from noderun.models.flows import PlanarCNF, PlanarNF
+from noderun.models.regularization import artifact_suffix
 from noderun.models.solver import SolverSpec
 from noderun.tasks.base import Task, require
 
@@ -38,8 +39,10 @@ MODELS = ("planar_nf", "planar_cnf")
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def artifact_path(results_dir, profile: str, kind: str, model: str, target: str, width: int, seed: int) -> Path:
-    return Path(results_dir) / "flows" / profile / f"{kind}_{target}_{model}_w{width}_s{seed}.npz"
+def artifact_path(results_dir, profile: str, kind: str, model: str, target: str, width: int, seed: int,
+                  suffix: str = "") -> Path:
+    """suffix: a regularised run's (noderun.models.regularization.artifact_suffix)."""
+    return Path(results_dir) / "flows" / profile / f"{kind}_{target}_{model}_w{width}_s{seed}{suffix}.npz"
 
 
 def kind_of(cfg: DictConfig) -> str:
@@ -201,7 +204,8 @@ class FlowsTask(Task):
                                                 SNAPSHOTS).cpu().numpy()}
         if self.test_x is not None:
             arrays["data"] = self.test_x[:2000].cpu().numpy()
-        path = artifact_path(cfg.results_dir, cfg.profile.name, self.kind, m.name, self.target, m.width, cfg.seed)
+        path = artifact_path(cfg.results_dir, cfg.profile.name, self.kind, m.name, self.target, m.width, cfg.seed,
+                             artifact_suffix(cfg.get("regularizer")))
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
         return row

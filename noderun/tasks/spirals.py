@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from noderun.config import Unread, schema_keys
 from noderun.data.spirals import TRAIN_COVERAGES, rmse, spirals_from_config, trajectory_rmse
+from noderun.models.regularization import artifact_suffix
 from noderun.models.solver import SolverSpec
 from noderun.tasks.base import Task, require
 
@@ -43,10 +44,10 @@ def method_label(model: str, consistency: float | None, dyn_layers: int = 1) -> 
 
 
 def predictions_path(results_dir, experiment: str, profile: str, n_obs: int, noise_std: float, label: str, seed: int,
-                     data: int) -> Path:
+                     data: int, suffix: str = "") -> Path:
     """A run's test predictions (some trajectories) and its per-trajectory RMSE, for `noderun plot`:
     results_dir/spirals/<experiment>/<profile>_n<n_obs>_noise<noise>_<label>_seed<seed>_data<data seed>.npz."""
-    name = f"{profile}_n{n_obs}_noise{noise_std:g}_{label}_seed{seed}_data{data}.npz"
+    name = f"{profile}_n{n_obs}_noise{noise_std:g}_{label}_seed{seed}_data{data}{suffix}.npz"
     return Path(results_dir) / "spirals" / experiment / name
 
 
@@ -323,7 +324,8 @@ class SpiralsTask(Task):
         consistency = cfg.model.consistency if cfg.model.name == "latent_ode" else None
         label = method_label(cfg.model.name, consistency, cfg.model.get("dyn_layers", 1))
         path = predictions_path(cfg.results_dir, cfg.experiment_name, cfg.profile.name, cfg.dataset.n_obs,
-                                cfg.dataset.noise_std, label, cfg.seed, data_seed(cfg))
+                                cfg.dataset.noise_std, label, cfg.seed, data_seed(cfg),
+                                artifact_suffix(cfg.get("regularizer")))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, times=self.test.times.cpu().numpy(), profile=cfg.profile.name, n_obs=cfg.dataset.n_obs,
