@@ -46,6 +46,8 @@ CHECKPOINT_VERSION = 2
 # Config keys that do not change what a run computes: left out of the run's identity.
 NON_IDENTITY_KEYS = ("results_dir", "data_dir", "resume", "force", "checkpoint_every_s", "logger")
 NON_IDENTITY_PROFILE_KEYS = ("progress",)
+# (section, key, value): an option whose value here computes what runs made before the option existed did
+NEUTRAL_DEFAULTS = (("solver", "reuse_forward_step", True),)
 
 
 class CheckpointError(RuntimeError):
@@ -66,10 +68,13 @@ def run_identity(cfg: DictConfig) -> dict:
         identity.pop(key, None)
     for key in NON_IDENTITY_PROFILE_KEYS:
         identity.get("profile", {}).pop(key, None)
-    # No regularisation computes what a run without the regularizer group computed: its key stays the
-    # same, so finished runs are still found and interrupted ones resume (weights are refused with none).
-    if identity.get("regularizer", {}).get("name") == "none":
+    # Options added after runs were made, at the value that computes what those runs computed, leave a run's
+    # key as it was, so finished runs are still found and interrupted ones resume.
+    if identity.get("regularizer", {}).get("name") == "none":  # its weights are refused with none
         identity.pop("regularizer")
+    for section, key, value in NEUTRAL_DEFAULTS:
+        if identity.get(section, {}).get(key, value) == value:
+            identity.get(section, {}).pop(key, None)
     return identity
 
 

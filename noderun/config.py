@@ -50,6 +50,10 @@ class SolverConfig:
     step_size: Optional[float] = None  # fixed-step methods only
     adjoint: Optional[bool] = None  # None: the model's own choice (ODE-Net adjoint, RK-Net backprop)
     seminorm: bool = False  # adjoint backward: leave parameter channels out of the error norm
+    # adjoint backward (native, adaptive): start from the forward solve's last step (true) or select the
+    # first step afresh (false, as torchdiffeq; more backward evaluations, benchmarks/README.md has the
+    # gradient accuracy of each)
+    reuse_forward_step: bool = True
     max_num_steps: int = 10_000
     backend: str = "native"  # native: noderun.ode; torchdiffeq: torchdiffeq.odeint(_adjoint) (Table 1 ODE block)
 

@@ -68,3 +68,28 @@ def test_ode_dynamics_preserve_shape():
     func = ConvODEFunc(64)
     h = torch.randn(2, 64, 6, 6)
     assert func(torch.tensor(0.5), h).shape == h.shape
+
+
+def test_solver_reuse_forward_step_false_selects_the_backward_first_step_afresh(compose_config):
+    """The option reaches the adjoint: the backward solve of the same problem spends other evaluations."""
+    from torch import nn
+
+    from noderun.models.solver import SolverSpec
+
+    def backward_nfe(overrides):
+        cfg = compose_config(["model=odenet", "profile=smoke", "solver.rtol=1e-5", "solver.atol=1e-5", *overrides])
+        spec = SolverSpec.from_config(cfg.solver, default_adjoint=True)
+        torch.manual_seed(0)
+        field = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
+        calls = []
+        field.register_forward_hook(lambda *_: calls.append(1))
+        y0 = torch.randn(4, 3, requires_grad=True)
+        y = spec.solve(lambda t, y: field(y), y0, torch.tensor([0.0, 1.0]), adjoint_params=tuple(field.parameters()))
+        forward = len(calls)
+        y[-1].square().sum().backward()
+        return spec, len(calls) - forward
+
+    reused, fresh = backward_nfe([]), backward_nfe(["solver.reuse_forward_step=false"])
+    assert reused[0].adjoint_options.get("reuse_forward_step", True) is True
+    assert fresh[0].adjoint_options["reuse_forward_step"] is False
+    assert fresh[1] != reused[1]

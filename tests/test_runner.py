@@ -198,8 +198,8 @@ def test_a_flow_row_has_memory_and_time_like_every_row(compose_config, tmp_path)
     assert frame["memory_mib"][0] > 0 and frame["time_per_iter_s"][0] > 0
 
 
-def test_no_regularisation_leaves_the_run_key_of_a_run_without_the_group(compose_config):
-    """Finished runs stay found and interrupted ones resume when regularizer=none is the default."""
+def test_options_added_at_their_neutral_value_leave_the_run_key_as_it_was(compose_config):
+    """Finished runs stay found and interrupted ones resume: regularizer=none, solver.reuse_forward_step=true."""
     from omegaconf import OmegaConf, open_dict
 
     cfg = compose_config(["model=odenet", "profile=smoke"])
@@ -207,5 +207,9 @@ def test_no_regularisation_leaves_the_run_key_of_a_run_without_the_group(compose
     with open_dict(without_group):
         del without_group["regularizer"]
     assert run_key(cfg) == run_key(without_group)
+    with open_dict(without_group):
+        del without_group.solver["reuse_forward_step"]
+    assert run_key(cfg) == run_key(without_group)
+    assert run_key(compose_config(["model=odenet", "profile=smoke", "solver.reuse_forward_step=false"])) != run_key(cfg)
     rnode = compose_config(["model=odenet", "profile=smoke", "regularizer=rnode", "regularizer.kinetic=0.01"])
     assert run_key(rnode) != run_key(cfg)

@@ -60,6 +60,13 @@ REFUSED = [
      "adaptive step-size control", ["fixed steps", "dopri5"]),
     (["model=odenet", "solver=euler", "solver.seminorm=true"], "solver.seminorm=true changes the error norm of "
      "adaptive step-size control", ["fixed steps"]),
+    # reuse_forward_step=false changes the native adjoint's adaptive backward solve only
+    (["model=rknet", "solver.reuse_forward_step=false"], "solver.reuse_forward_step=false changes how the native "
+     "adjoint's", ["adjoint off", "solver.adjoint=true"]),
+    (["model=odenet", "solver=rk4", "solver.step_size=0.25", "solver.reuse_forward_step=false"],
+     "solver.reuse_forward_step=false changes", ["fixed steps", "dopri5"]),
+    (["model=odenet", "solver.backend=torchdiffeq", "solver.reuse_forward_step=false"],
+     "solver.reuse_forward_step=false changes", ["backend=torchdiffeq", "solver.backend=native"]),
     # scipy_solver: a method of odeint, but without gradients
     (["model=odenet", "solver.method=scipy_solver"], "solver.method='scipy_solver' has no gradients", ["dopri5"]),
 ]
@@ -69,6 +76,7 @@ ACCEPTED = [
     ["model=mlp", "model.hidden=500"],
     ["model=resnet", "dataset.crop_padding=2"],
     ["model=odenet", "solver.seminorm=true"],
+    ["model=odenet", "solver.reuse_forward_step=false"],
     ["model=odenet", "solver=rk4", "solver.step_size=0.25"],
     ["experiment=crossing", "model=crossing_anode", "dataset.anode_augment_dim=3"],  # its augment_dim follows
     ["experiment=density_cnf", "model.trace=hutchinson"],

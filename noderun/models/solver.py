@@ -117,8 +117,19 @@ class SolverSpec:
             )
         backend = solver_cfg.get("backend", "native")
         check_backend(backend, method)
+        reuse = bool(solver_cfg.get("reuse_forward_step", True))
+        if not reuse:
+            why = ("this run backpropagates through the solver (adjoint off)" if not adjoint
+                   else f"{method!r} takes fixed steps" if not get_method(method).adaptive
+                   else f"solver.backend={backend} always selects it afresh" if backend != "native" else None)
+            if why:
+                raise ConfigError(
+                    "solver.reuse_forward_step=false changes how the native adjoint's adaptive backward solve "
+                    f"picks its first step, and {why}; drop solver.reuse_forward_step, or use it with "
+                    "solver.adjoint=true, an adaptive method (dopri5) and solver.backend=native"
+                )
         return cls(method=method, rtol=float(solver_cfg.rtol), atol=float(solver_cfg.atol), options=options,
-                   adjoint=adjoint, seminorm=bool(solver_cfg.seminorm), backend=backend)
+                   adjoint=adjoint, seminorm=bool(solver_cfg.seminorm), backend=backend, reuse_forward_step=reuse)
 
     def replace(self, **changes) -> "SolverSpec":
         """A copy with some fields changed (e.g. a reference solve at a tighter tolerance)."""
