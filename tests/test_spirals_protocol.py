@@ -205,3 +205,15 @@ def test_two_layer_dynamics_rows_do_not_replace_the_papers_model_of_the_same_see
     two = next(l for l in table.splitlines() if l.startswith("| Latent ODE, ELBO only, two-layer"))
     assert "1.0000 ± 0.0000" in paper and "2/0/0" in paper
     assert "0.5000" in two and "1/0/0" in two
+
+
+def test_the_comparison_with_the_rnn_has_a_line_for_the_two_layer_dynamics_too():
+    from noderun.report.table2 import render_comparison
+
+    dyn2 = {"model": {"name": "latent_ode", "dyn_layers": 2}, "dataset": {"train_coverage": "forecast", "n_val": 100}}
+    frame = with_methods(pd.DataFrame([_row("latent_ode_elbo", 50, 0.9, 0), _row("rnn", 50, 0.6, 0),
+                                       _row("latent_ode_elbo", 50, 0.3, 0, config=dyn2)]))
+    lines = render_comparison(frame).splitlines()
+    assert lines[0].startswith("- n=50: latent ODE (ELBO only) 0.9000 against RNN 0.6000: 1.50x, higher")
+    assert lines[1].startswith("- n=50: latent ODE (ELBO only, two-layer dynamics) 0.3000 against RNN 0.6000: "
+                               "0.50x, lower; lower on 1 of 1 shared seeds")
