@@ -88,13 +88,13 @@ table2-ablation: $(STAMP)
 	$(BIN)/noderun train -m experiment=latent_ode_elbo $(TABLE2_ABLATION) model.dyn_layers=2
 
 ## Figures 4 and 5: planar NF and planar CNF, density matching and maximum likelihood, on FLOWS_SEEDS
-## (SEEDS when given, else 0,1,2: noderun table reports mean ± std over them).
+## (SEEDS when given, else 0,1,2: noderun table reports mean ± std over them). Each flow run uses one
+## thread: `make -j2 flows` runs two of the four sweeps at a time.
 FLOWS_SEEDS ?= $(if $(filter command line,$(origin SEEDS)),$(SEEDS),0,1,2)
-flows: $(STAMP)
-	$(BIN)/noderun train -m experiment=density_nf profile=$(OTHER_PROFILE) profile.progress=false seed=$(FLOWS_SEEDS)
-	$(BIN)/noderun train -m experiment=density_cnf profile=$(OTHER_PROFILE) profile.progress=false seed=$(FLOWS_SEEDS)
-	$(BIN)/noderun train -m experiment=mle_nf profile=$(OTHER_PROFILE) profile.progress=false seed=$(FLOWS_SEEDS)
-	$(BIN)/noderun train -m experiment=mle_cnf profile=$(OTHER_PROFILE) profile.progress=false seed=$(FLOWS_SEEDS)
+FLOWS_SWEEPS := density_nf density_cnf mle_nf mle_cnf
+flows: $(addprefix flows-,$(FLOWS_SWEEPS))
+flows-%: $(STAMP)
+	$(BIN)/noderun train -m experiment=$* profile=$(OTHER_PROFILE) profile.progress=false seed=$(FLOWS_SEEDS)
 
 ## Beyond the paper: ODE against augmented ODE on maps a flow cannot represent (Dupont et al. 2019): 2 data
 ## sets x ODE/ANODE on CROSSING_SEEDS (SEEDS when given, else 0,1,2); about 10 s a run on the quick profile.
