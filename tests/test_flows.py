@@ -177,9 +177,10 @@ def test_tables_render_with_missing_cells():
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["profile=quick"], (1e-3, 1e-3)),
+    (["profile=quick"], (1e-4, 1e-4)),
     (["profile=paper"], (1e-5, 1e-5)),
-    (["profile=quick", "solver.rtol=1e-4"], (1e-4, 1e-3)),  # the command line wins over the profile default
+    (["profile=smoke"], (1e-3, 1e-3)),
+    (["profile=quick", "solver.rtol=1e-3"], (1e-3, 1e-4)),  # the command line wins over the profile default
     (["profile=smoke", "solver.rtol=1e-6", "solver.atol=1e-7"], (1e-6, 1e-7)),
 ])
 def test_density_cnf_tolerance_defaults_by_profile_and_yields_to_the_command_line(compose_config, overrides,
