@@ -26,8 +26,8 @@ def render_all(frame: pd.DataFrame, profile: str | None = None) -> str:
     unregularised runs only; runs with a regularizer get their own section, beside the unregularised
     runs of the same settings (noderun.report.regularization).
     """
-    regularised = frame[is_regularised(frame)]
-    frame = frame[~is_regularised(frame)]
+    with_regularizer = is_regularised(frame)
+    regularised, frame = frame[with_regularizer], frame[~with_regularizer]
     everything = pd.concat([frame, regularised])
     profiles = [profile] if profile else sorted(p for p in everything["profile"].dropna().unique() if p)
     if everything.empty or not profiles:

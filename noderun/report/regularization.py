@@ -15,11 +15,12 @@ import json
 import numpy as np
 import pandas as pd
 
+from noderun.checkpoint import NON_IDENTITY_KEYS, NON_IDENTITY_PROFILE_KEYS
 from noderun.report.aggregate import finished, is_regularised, latest_per_cell, markdown, mean_std
 
-# Keys of `config` that do not name a cell here: what the regularizer, the seed and the file locations are.
-NOT_THE_CELL = ("regularizer", "seed", "experiment_name", "results_dir", "data_dir", "resume", "force",
-                "checkpoint_every_s", "logger")
+# Keys of `config` that do not name a cell here: the regularizer, the seed, the experiment name and the keys
+# that cannot change a result (those a run's key leaves out).
+NOT_THE_CELL = ("regularizer", "seed", "experiment_name", *NON_IDENTITY_KEYS)
 # The score of each task's rows: (column, label); flows rows score by their kind.
 SCORES = {"classification": ("test_error", "test error %"), "spirals": ("test_rmse", "test RMSE"),
           "crossing": ("test_loss", "test loss"), "flows": (None, "loss / test NLL")}
@@ -33,7 +34,8 @@ def cell_key(config_text) -> str:
         return ""
     for key in NOT_THE_CELL:
         config.pop(key, None)
-    config.get("profile", {}).pop("progress", None)
+    for key in NON_IDENTITY_PROFILE_KEYS:
+        config.get("profile", {}).pop(key, None)
     return json.dumps(config, sort_keys=True)
 
 
