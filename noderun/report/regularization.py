@@ -4,7 +4,9 @@ A cell is every setting of a run but the regularizer, the seed and the keys that
 (results_dir, logger, ...) and the experiment name, so `experiment_name=table1_rnode` runs compare with
 Table 1's. Each cell lists its unregularised runs (when there are any) and each regularizer setting with
 the task's own score, the NFE at the end of training, the training minutes, the regularizer's terms and,
-against the unregularised runs of the same seeds, the ratios of NFE and minutes. The paper's tables
+against the unregularised runs of the same seeds on the same machine, the ratios of NFE and minutes.
+Classification runs with a validation set (dataset.val_size > 0: a weight sweep) score by their
+validation error, so that a weight is chosen without the test set. The paper's tables
 never include regularised rows (noderun.report.render_all).
 """
 
@@ -15,7 +17,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from noderun.checkpoint import NON_IDENTITY_KEYS, NON_IDENTITY_PROFILE_KEYS
+from noderun.checkpoint import NEUTRAL_DEFAULTS, NON_IDENTITY_KEYS, NON_IDENTITY_PROFILE_KEYS
 from noderun.report.aggregate import finished, is_regularised, latest_per_cell, markdown, mean_std
 
 # Keys of `config` that do not name a cell here: the regularizer, the seed, the experiment name and the keys
@@ -36,13 +38,24 @@ def cell_key(config_text) -> str:
         config.pop(key, None)
     for key in NON_IDENTITY_PROFILE_KEYS:
         config.get("profile", {}).pop(key, None)
+    for section, key, value in NEUTRAL_DEFAULTS:  # rows made before the option existed lack it
+        if config.get(section, {}).get(key, value) == value:
+            config.get(section, {}).pop(key, None)
     return json.dumps(config, sort_keys=True)
+
+
+def validates(row) -> bool:
+    """A classification row trained with a validation set held out (a sweep: it scores on that set)."""
+    value = pd.to_numeric(row.get("val_size"), errors="coerce")
+    return row["task"] == "classification" and value == value and value > 0
 
 
 def score_of(row) -> float:
     column = SCORES.get(row["task"], (None, ""))[0]
     if row["task"] == "flows":
         column = "loss" if row.get("kind") == "density" else "test_nll"
+    if validates(row):
+        column = "val_error"
     value = row.get(column) if column else None
     return float(value) if value is not None and value == value else np.nan
 
@@ -50,6 +63,8 @@ def score_of(row) -> float:
 def describe(row) -> str:
     """The settings that tell the cells of one table apart, as a reader names them."""
     parts = [str(row["model"]), str(row.get("dataset") or "")]
+    if validates(row):
+        parts.append(f"validation {int(float(row['val_size']))} images")
     for column in ("target", "width", "n_obs"):
         value = row.get(column)
         if value is not None and value == value and str(value) != "":
@@ -74,25 +89,28 @@ def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
             runs = part[part["regularizer"] == setting]
             if runs.empty:
                 continue
-            shared = sorted(set(runs["seed"]) & set(plain["seed"]))
+            # Seeds whose latest runs of both settings ran on the same machine: minutes compare only there.
+            shared = sorted(set(zip(runs["seed"], runs["device_name"])) & set(zip(plain["seed"], plain["device_name"])))
             ratios = ["-", "-"]
             if setting != "none" and shared:
-                mine = runs.set_index("seed").loc[shared]
-                base = plain.set_index("seed").loc[shared]
+                mine = runs.set_index(["seed", "device_name"]).loc[shared]
+                base = plain.set_index(["seed", "device_name"]).loc[shared]
                 ratios = [f"{mine[c].astype(float).mean() / base[c].astype(float).mean():.2f}"
                           for c in ("nfe_forward", "train_time_s")]
             first = runs.iloc[0]
-            lines.append([describe(first), setting, SCORES.get(first["task"], (None, "score"))[1],
+            label = "validation error %" if validates(first) else SCORES.get(first["task"], (None, "score"))[1]
+            lines.append([describe(first), setting, label,
                           mean_std(runs["score"], 4),
                           f"{mean_std(runs['nfe_forward'].astype(float), 1)} / "
                           f"{mean_std(runs['nfe_backward'].astype(float), 1)}",
                           mean_std(runs["train_time_s"].astype(float) / 60, 1),
                           mean_std(pd.to_numeric(runs["reg_kinetic"], errors="coerce"), fmt=".3g"),
                           mean_std(pd.to_numeric(runs["reg_jacobian"], errors="coerce"), fmt=".3g"),
-                          *ratios, ",".join(str(int(s)) for s in sorted(runs["seed"]))])
+                          *ratios, ",".join(str(int(s)) for s in sorted(runs["seed"])),
+                          "; ".join(sorted(set(runs["device_name"].astype(str))))])
     table = markdown(lines, ["Cell", "regularizer", "score", "value", "NFE fwd / bwd", "train min",
-                             "∫‖f‖² dt", "∫‖∂f/∂z‖²_F dt", "NFE fwd ÷ none", "minutes ÷ none", "seeds"])
+                             "∫‖f‖² dt", "∫‖∂f/∂z‖²_F dt", "NFE fwd ÷ none", "minutes ÷ none", "seeds", "machine"])
     note = ("Each cell: every setting of its runs but the regularizer and the seed (and the experiment name). "
             "NFE at the end of training (mean of its last 10 % of iterations); the ratios compare the means "
-            "over the seeds both settings ran, on whatever machine each ran (the rows' device_name).")
+            "over the seeds both settings ran on the same machine (the rows' device_name); '-' where none did.")
     return [("Regularisation (RNODE, Finlay et al. 2020) against none", f"{table}\n\n{note}")]

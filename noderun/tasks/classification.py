@@ -3,7 +3,8 @@ experiment.
 
 The uint8 dataset lives on the training device as one tensor, batches are `randperm`
 slices, augmentation is batched, and nothing runs per sample in Python. After every epoch
-the whole test set is evaluated; the run keeps the final weights and the per-epoch history
+the whole test set is evaluated (and the validation set, when dataset.val_size holds out the last
+training images); the run keeps the final weights and the per-epoch history
 (with every iteration's NFE) in ``<results_dir>/checkpoints/`` for the figures.
 """
 
@@ -69,6 +70,9 @@ class ClassificationTask(Task):
         "batch_size",  # global batch (all processes together)
         "lr",  # initial learning rate
         "world_size",  # training processes (torchrun); 1 without
+        "val_size",  # training images held out as the validation set (the last ones); 0: none
+        "val_error",  # % on the validation set after the last epoch; empty without one
+        "val_loss",  # mean cross-entropy on the validation set; empty without one
     )
 
     @classmethod
@@ -116,6 +120,13 @@ class ClassificationTask(Task):
             require(augment == 0, "model.augment_channels", augment, "it applies to model=anode only; leave it 0")
         require(cfg.dataset.name == "mnist", "dataset.name", cfg.dataset.name,
                 "the classification task takes: ['mnist']")
+        val_size = cfg.dataset.val_size
+        require(0 <= val_size <= MNIST_TRAIN_SIZE - profile.batch_size, "dataset.val_size", val_size,
+                f"it must be an integer in [0, {MNIST_TRAIN_SIZE - profile.batch_size}] (training images held "
+                f"out, leaving at least profile.batch_size={profile.batch_size} to train on)")
+        if profile.train_size is not None:
+            require(profile.train_size <= MNIST_TRAIN_SIZE - val_size, "profile.train_size", profile.train_size,
+                    f"with dataset.val_size={val_size} at most {MNIST_TRAIN_SIZE - val_size} training images remain")
         require(cfg.dataset.crop_padding >= 0, "dataset.crop_padding", cfg.dataset.crop_padding, "it must be >= 0")
         SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint)
 
@@ -146,7 +157,8 @@ class ClassificationTask(Task):
     def describe(cls, cfg: DictConfig) -> dict:
         has_ode = MODELS[cfg.model.name].has_ode_block
         solver = SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint).describe() if has_ode else {}
-        train_size = min(cfg.profile.train_size or MNIST_TRAIN_SIZE, MNIST_TRAIN_SIZE)
+        available = MNIST_TRAIN_SIZE - cfg.dataset.val_size
+        train_size = min(cfg.profile.train_size or available, available)
         return {
             "model": cfg.model.name,
             "dataset": cfg.dataset.name,
@@ -157,6 +169,7 @@ class ClassificationTask(Task):
             "batch_size": cfg.profile.batch_size,
             "lr": cfg.profile.lr,
             "world_size": World.from_environment().size,
+            "val_size": cfg.dataset.val_size,
         }
 
     def __init__(self, cfg: DictConfig, **env) -> None:
@@ -166,14 +179,18 @@ class ClassificationTask(Task):
         self.generators = (self.generator,)
         # one process fetches MNIST while the others wait, then every process reads the verified files
         data = world.main_first(lambda: load_mnist(cfg.data_dir, log=self.log))
-        self.train_images = data.train_images[: profile.train_size].to(device)
-        self.train_labels = data.train_labels[: profile.train_size].to(device)
+        # The validation set is the last val_size training images, the same for every seed; training draws
+        # from the images before them only.
+        kept = MNIST_TRAIN_SIZE - cfg.dataset.val_size
+        self.train_images = data.train_images[:kept][: profile.train_size].to(device)
+        self.train_labels = data.train_labels[:kept][: profile.train_size].to(device)
         test_images, test_labels = data.test_images[: profile.test_size], data.test_labels[: profile.test_size]
+        # Under torchrun each rank evaluates a contiguous part of the test (and validation) set; the counts
+        # are summed.
         self.test_count = len(test_images)
-        # Under torchrun each rank evaluates a contiguous part of the test set; the counts are summed.
-        part = -(-self.test_count // world.size)
-        rows = slice(world.rank * part, (world.rank + 1) * part)
-        self.test_images, self.test_labels = test_images[rows].to(device), test_labels[rows].to(device)
+        self.test_images, self.test_labels = self.rank_part(test_images, test_labels)
+        self.val_count = cfg.dataset.val_size
+        self.val_images, self.val_labels = self.rank_part(data.train_images[kept:], data.train_labels[kept:])
 
         self.solver = SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint)
         self.model = build_model(cfg.model, self.solver).to(device)
@@ -198,8 +215,27 @@ class ClassificationTask(Task):
         self.local_rows = world.shard(profile.batch_size)  # this rank's rows of every global batch
         self.order = None  # int64 [train_size]: the epoch's permutation
         # Per-epoch curves and per-iteration NFE, saved with the final weights for the figures.
-        self.history = {"epoch": [], "test_error": [], "train_error": [], "train_loss": [], "test_loss": [],
-                        "epoch_time_s": [], "nfe_forward": [], "nfe_backward": []}
+        self.history = self.empty_history()
+
+    @staticmethod
+    def empty_history() -> dict:
+        return {"epoch": [], "test_error": [], "train_error": [], "train_loss": [], "test_loss": [],
+                "val_error": [], "val_loss": [], "epoch_time_s": [], "nfe_forward": [], "nfe_backward": []}
+
+    def rank_part(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's contiguous share of an evaluation set, on the device (the whole set without torchrun)."""
+        world = self.world
+        part = -(-len(images) // world.size)
+        rows = slice(world.rank * part, (world.rank + 1) * part)
+        return images[rows].to(self.device), labels[rows].to(self.device)
+
+    def evaluate_on(self, images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[float, float]:
+        """(error %, mean cross-entropy) of the evaluated weights on an evaluation set of `count` images
+        summed over the processes."""
+        wrong, loss_sum = self.world.sum(list(evaluate(self.evaluated_model, images, labels,
+                                                       self.cfg.profile.eval_batch_size, self.autocast)),
+                                         self.device)
+        return 100.0 * wrong / count, loss_sum / count
 
     def make_scheduler(self):
         """multistep: the paper's x lr_gamma at the given epochs. cosine or linear: per iteration to 0
@@ -256,21 +292,27 @@ class ClassificationTask(Task):
         return self.ema.module if self.ema is not None else self.model
 
     def end_epoch(self, summary: EpochSummary) -> str:
-        wrong, loss_sum = self.world.sum(list(evaluate(self.evaluated_model, self.test_images, self.test_labels,
-                                                       self.cfg.profile.eval_batch_size, self.autocast)),
-                                         self.device)
-        test_error, test_loss = 100.0 * wrong / self.test_count, loss_sum / self.test_count
+        test_error, test_loss = self.evaluate_on(self.test_images, self.test_labels, self.test_count)
+        val_error = val_loss = None
+        if self.val_count:
+            val_error, val_loss = self.evaluate_on(self.val_images, self.val_labels, self.val_count)
         seen = summary.tallies["samples"]
         train_error, train_loss = 100.0 * summary.tallies["wrong"] / seen, summary.loss_sum / seen
         for key, value in (("epoch", summary.epoch), ("test_error", test_error), ("train_error", train_error),
-                           ("train_loss", train_loss), ("test_loss", test_loss),
+                           ("train_loss", train_loss), ("test_loss", test_loss), ("val_error", val_error),
+                           ("val_loss", val_loss),
                            ("epoch_time_s", summary.elapsed_s), ("nfe_forward", summary.nfe_forward),
                            ("nfe_backward", summary.nfe_backward)):
             self.history[key].append(value)
         self.epoch_metrics = {"test_error": test_error, "train_error": train_error, "train_loss": train_loss,
                               "test_loss": test_loss}
+        if self.val_count:
+            self.epoch_metrics.update(val_error=val_error, val_loss=val_loss)
         line = (f"epoch {summary.epoch}/{self.epochs} loss {train_loss:.4f} train_err {train_error:.2f}% "
-                f"test_err {test_error:.2f}% time {summary.elapsed_s:.1f}s")
+                f"test_err {test_error:.2f}% ")
+        if self.val_count:
+            line += f"val_err {val_error:.2f}% "
+        line += f"time {summary.elapsed_s:.1f}s"
         if summary.nfe_forward and MODELS[self.cfg.model.name].has_ode_block:
             line += (f" nfe_fwd {statistics.fmean(summary.nfe_forward):.1f}"
                      f" nfe_bwd {statistics.fmean(summary.nfe_backward):.1f}")
@@ -286,6 +328,8 @@ class ClassificationTask(Task):
             "train_error": round(history["train_error"][-1], 4),
             "test_loss": round(history["test_loss"][-1], 6),
             "epoch_time_s": round(history["epoch_time_s"][-1], 3),
+            "val_error": round(history["val_error"][-1], 4) if self.val_count else None,
+            "val_loss": round(history["val_loss"][-1], 6) if self.val_count else None,
         }
 
     def save_final_weights(self) -> Path:
@@ -307,6 +351,9 @@ class ClassificationTask(Task):
         return {"order": self.order, "history": self.history, "ema": self.ema.state_dict() if self.ema else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.order, self.history = state["order"], state["history"]
+        # A checkpoint's history may predate the validation lists: they are filled with None for its epochs.
+        epochs = len(state["history"]["epoch"])
+        self.order = state["order"]
+        self.history = {key: [None] * epochs for key in self.empty_history()} | state["history"]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

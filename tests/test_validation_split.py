@@ -1,0 +1,93 @@
+"""The classification task's validation set (dataset.val_size): the last training images, held out of training,
+evaluated beside the test set; it leaves the key of a run without one unchanged; it is refused out of range."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+SMOKE = ["profile=smoke", "profile.progress=false", "seed=0", "model=mlp"]
+
+
+def build_task(compose_config, mnist_dir, overrides):
+    from noderun.distributed import World
+    from noderun.tasks.classification import ClassificationTask
+
+    cfg = compose_config([*SMOKE, f"data_dir={mnist_dir}", *overrides])
+    return ClassificationTask(cfg, device=torch.device("cpu"), world=World.from_environment(), log=lambda *_: None)
+
+
+def test_the_validation_set_is_the_last_training_images_and_never_trained_on(compose_config, mnist_dir):
+    from noderun.data.mnist import load_mnist
+
+    data = load_mnist(mnist_dir)
+    task = build_task(compose_config, mnist_dir, ["dataset.val_size=500", "profile.train_size=null"])
+    assert len(task.val_images) == task.val_count == 500
+    assert torch.equal(task.val_images, data.train_images[-500:])
+    assert torch.equal(task.val_labels, data.train_labels[-500:])
+    assert torch.equal(task.train_images, data.train_images[:-500])  # training draws from the rest only
+    # the same images for every seed (the split is not drawn)
+    other = build_task(compose_config, mnist_dir, ["dataset.val_size=500", "profile.train_size=null", "seed=3"])
+    assert torch.equal(other.val_images, task.val_images)
+    # without a validation set every training image trains
+    plain = build_task(compose_config, mnist_dir, ["profile.train_size=null"])
+    assert len(plain.train_images) == 60_000 and plain.val_count == 0 and len(plain.val_images) == 0
+
+
+def test_a_run_with_a_validation_set_records_its_error_beside_the_test_error(compose_config, mnist_dir, tmp_path):
+    from noderun.runner import train
+    from noderun.tasks.classification import evaluate
+
+    overrides = [*SMOKE, f"data_dir={mnist_dir}", f"results_dir={tmp_path}", "dataset.val_size=300"]
+    row = train(compose_config(overrides), log=lambda *_: None)
+    assert row["val_size"] == 300 and row["train_size"] == 256
+    assert 0 <= row["val_error"] <= 100 and row["val_loss"] > 0
+    # the recorded error is the saved weights' error on the last 300 training images
+    saved = torch.load(next((tmp_path / "checkpoints").glob("*.pt")), weights_only=False)
+    assert saved["history"]["val_error"] == [row["val_error"]]
+    from noderun.data.mnist import load_mnist
+    from noderun.models import build_model
+    from noderun.models.solver import SolverSpec
+
+    cfg = compose_config(overrides)
+    model = build_model(cfg.model, SolverSpec.from_config(cfg.solver, default_adjoint=cfg.model.adjoint))
+    model.load_state_dict(saved["state_dict"])
+    data = load_mnist(mnist_dir)
+    wrong, loss_sum = evaluate(model, data.train_images[-300:], data.train_labels[-300:], 256)
+    assert row["val_error"] == pytest.approx(100 * wrong / 300, abs=1e-3)
+    assert row["val_loss"] == pytest.approx(loss_sum / 300, rel=1e-4)
+    # a run without one leaves the columns empty (0 images held out)
+    plain = train(compose_config([*overrides[:-1], "seed=1"]), log=lambda *_: None)
+    assert plain["val_size"] == 0 and plain["val_error"] is None and plain["val_loss"] is None
+    frame = pd.read_csv(tmp_path / "table1.csv")
+    assert list(frame["val_size"]) == [300, 0] and frame["val_error"].isna().tolist() == [False, True]
+
+
+def test_no_validation_set_keeps_the_run_key_of_runs_made_before_the_option(compose_config):
+    from noderun.checkpoint import run_key
+
+    plain = compose_config(SMOKE)
+    assert run_key(plain) == run_key(compose_config([*SMOKE, "dataset.val_size=0"]))
+    assert run_key(plain) != run_key(compose_config([*SMOKE, "dataset.val_size=1000"]))
+    # the key of a config without the option at all (a run made before it existed) is the same
+    from omegaconf import OmegaConf
+
+    older = OmegaConf.create(OmegaConf.to_container(compose_config(SMOKE)))
+    del older.dataset["val_size"]
+    assert run_key(older) == run_key(plain)
+    assert OmegaConf.select(plain, "dataset.val_size") == 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset.val_size=-1"], "dataset.val_size"),
+    (["dataset.val_size=59990"], "dataset.val_size"),
+    (["dataset.val_size=10000", "profile.train_size=55000"], "at most 50000 training images remain"),
+])
+def test_a_validation_set_out_of_range_is_refused_in_one_line(compose_config, overrides, message):
+    from noderun.errors import ConfigError
+    from noderun.runner import validate
+
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(compose_config([*SMOKE, *overrides]))
+    assert "\n" not in str(info.value)
