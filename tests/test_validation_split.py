@@ -91,3 +91,56 @@ def test_a_validation_set_out_of_range_is_refused_in_one_line(compose_config, ov
     with pytest.raises(ConfigError, match=message) as info:
         validate(compose_config([*SMOKE, *overrides]))
     assert "\n" not in str(info.value)
+
+
+def report_row(regularizer: str, seed: int, machine: str, minutes: float, nfe: float, *, val_size: int = 10000,
+               val_error: float = 0.5, timestamp: str = "2026-01-01T00:00:00", old_config: bool = False) -> dict:
+    import json
+
+    config = {"model": {"name": "odenet"}, "dataset": {"name": "mnist", "val_size": val_size},
+              "solver": {"reuse_forward_step": True}, "seed": seed, "experiment_name": "sweep",
+              "regularizer": {"name": regularizer}}
+    if old_config:  # a row written before the options existed: its config lacks them
+        del config["dataset"]["val_size"], config["solver"]["reuse_forward_step"]
+    return {"task": "classification", "status": "ok", "model": "odenet", "dataset": "mnist", "seed": seed,
+            "timestamp": timestamp, "config": json.dumps(config), "regularizer": regularizer,
+            "device_name": machine, "nfe_forward": nfe, "nfe_backward": nfe / 2, "train_time_s": 60 * minutes,
+            "reg_kinetic": None if regularizer == "none" else 1.0, "reg_jacobian": None if regularizer == "none"
+            else 2.0, "test_error": 0.4, "val_error": val_error if val_size else None, "val_size": val_size}
+
+
+def test_the_regularisation_section_scores_a_sweep_by_validation_error_and_compares_minutes_on_one_machine():
+    from noderun.report.regularization import render
+
+    rnode = "rnode(kinetic=1e-05, jacobian=1e-05, probe=rademacher)"
+    rows = pd.DataFrame([
+        report_row("none", 0, "A", 10, 26, val_error=0.61),
+        report_row("none", 1, "B", 20, 26, val_error=0.63),
+        report_row(rnode, 0, "A", 5, 13, val_error=0.55),
+        report_row(rnode, 1, "A", 5, 13, val_error=0.57),  # seed 1's unregularised run ran on another machine
+    ])
+    (title, text), = render(rows, "fast")
+    lines = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+             for line in text.splitlines() if line.startswith("| odenet")}
+    assert lines["none"][0] == "odenet, mnist, validation 10000 images"
+    assert lines["none"][2] == "validation error %" and lines["none"][3] == "0.6200 ± 0.0141"
+    assert lines[rnode][3] == "0.5600 ± 0.0141"
+    assert lines[rnode][8:10] == ["0.50", "0.50"]  # seed 0 only: the one both ran on machine A
+    assert lines[rnode][11] == "A" and lines["none"][11] == "A; B"
+    # no shared machine: no ratios
+    alone = rows[~((rows["regularizer"] == "none") & (rows["seed"] == 0))]
+    (_, text), = render(alone, "fast")
+    assert [c.strip() for c in text.splitlines()[3].split("|")[1:-1]][8:10] == ["-", "-"]
+
+
+def test_runs_without_a_validation_set_score_by_test_error_and_rows_older_than_the_options_share_the_cell():
+    from noderun.report.regularization import render
+
+    rnode = "rnode(kinetic=1e-05, jacobian=1e-05, probe=rademacher)"
+    rows = pd.DataFrame([report_row("none", 0, "A", 10, 26, val_size=0, old_config=True),
+                         report_row(rnode, 0, "A", 8, 13, val_size=0)])
+    (_, text), = render(rows, "fast")
+    lines = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| odenet")]
+    assert [line[1] for line in lines] == ["none", rnode]  # one cell: the old row lacks the keys at their defaults
+    assert lines[0][0] == "odenet, mnist" and lines[0][2] == "test error %" and lines[0][3] == "0.4000"
+    assert lines[1][8:10] == ["0.50", "0.80"]
