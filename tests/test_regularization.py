@@ -256,3 +256,36 @@ def test_a_regularizer_that_would_not_act_is_refused_in_one_line(compose_config,
     with pytest.raises(ConfigError, match=message) as info:
         validate(compose_config(overrides))
     assert "\n" not in str(info.value)
+
+
+class GrowingTanh(nn.Module):
+    """dz/dt = 3 tanh(z Aᵀ) (1 + t): a field whose terms vary along the solve."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.a = nn.Parameter(a.clone())
+
+    def forward(self, t, z):
+        return 3 * torch.tanh(z @ self.a.T) * (1 + t)
+
+
+@pytest.mark.parametrize("backend", ["native", "torchdiffeq"])
+@pytest.mark.parametrize("adjoint", [False, True], ids=["backprop", "adjoint"])
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 0.0)], ids=["both", "kinetic"])
+def test_the_terms_do_not_change_the_steps_of_the_solve(backend, adjoint, weights):
+    # K and J are integrals nothing in the solve depends on: step-size control measures the state's error only,
+    # so a regularised solve takes the unregularised solve's steps and returns the same state.
+    from noderun.ode.stats import track_stats
+
+    generator = torch.Generator().manual_seed(0)
+    func = GrowingTanh(torch.randn(6, 6, generator=generator, dtype=F64))
+    z0 = torch.randn(16, 6, generator=generator, dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    spec = SolverSpec(method="dopri5", rtol=1e-3, atol=1e-3, adjoint=adjoint, backend=backend)
+    with track_stats() as plain_stats:
+        plain = spec.solve(func, z0, t)
+    with track_stats() as stats, collect(Regularizer(*weights)) as collection:
+        regularised = spec.solve(func, z0, t)
+    assert collection.kinetic > 1
+    assert stats.nfe_forward == plain_stats.nfe_forward
+    assert torch.allclose(regularised, plain, rtol=1e-12, atol=1e-12)

@@ -165,21 +165,41 @@ class SolverSpec:
         collection = regularization.active()
         if collection is not None:  # a regularised training step: K and J integrated beside the state
             def plain(f, y, times, params):
-                return self._solve(f, y, times, use_adjoint, params)
+                # K and J (the last two components) are integrals nothing in the solve depends on, so their
+                # error does not limit the step size: the steps are those of the unregularised state.
+                return self._solve(f, y, times, use_adjoint, params, error_parts=len(y) - 2)
 
             return regularization.solve_regularized(plain, func, y0, t, collection, adjoint_params)
         return self._solve(func, y0, t, use_adjoint, adjoint_params)
 
-    def _solve(self, func: Callable, y0: Any, t: torch.Tensor, use_adjoint: bool, adjoint_params) -> Any:
+    def _solve(self, func: Callable, y0: Any, t: torch.Tensor, use_adjoint: bool, adjoint_params,
+               error_parts: Optional[int] = None) -> Any:
+        """error_parts: with a tuple y0, the forward solve's step-size control measures the error of its first
+        error_parts components only (an adaptive method; None: of every component)."""
+        from noderun.ode.methods import get_method
+
+        kwargs = self.odeint_kwargs
+        if error_parts is not None and get_method(self.method).adaptive:
+            kwargs = {**kwargs, "options": {**(kwargs["options"] or {}), "norm": self._leading_norm(y0, error_parts)}}
         if self.backend == "torchdiffeq":
             adjoint_options = {**self.options, "norm": "seminorm"} if self.seminorm else None
-            return _solve_torchdiffeq(func, y0, t, self.odeint_kwargs, use_adjoint, adjoint_options, adjoint_params)
+            return _solve_torchdiffeq(func, y0, t, kwargs, use_adjoint, adjoint_options, adjoint_params)
         from noderun.ode import odeint, odeint_adjoint
 
         if use_adjoint:
-            return odeint_adjoint(func, y0, t, **self.odeint_kwargs, adjoint_options=self.adjoint_options,
+            return odeint_adjoint(func, y0, t, **kwargs, adjoint_options=self.adjoint_options,
                                   adjoint_params=adjoint_params)
-        return odeint(func, y0, t, **self.odeint_kwargs)
+        return odeint(func, y0, t, **kwargs)
+
+    def _leading_norm(self, y0: tuple, parts: int) -> Callable:
+        """The RMS norm over the first `parts` components of a tuple state, in the form each backend's norm
+        option takes: noderun.ode passes the flat state (components concatenated in order), torchdiffeq the
+        tuple."""
+        from noderun.ode.step_control import SemiNorm
+
+        if self.backend == "torchdiffeq":  # its norms return a 0-dim tensor
+            return lambda state: torch.cat([x.reshape(-1) for x in state[:parts]]).pow(2).mean().sqrt()
+        return SemiNorm(sum(x.numel() for x in y0[:parts]))
 
     def describe(self) -> dict:
         """The result columns that name this solver."""
