@@ -64,18 +64,23 @@ def run_identity(cfg: DictConfig) -> dict:
 
     identity = OmegaConf.to_container(cfg, resolve=True)
     identity["device_type"] = resolve_device(cfg.device).type
-    for key in NON_IDENTITY_KEYS:
-        identity.pop(key, None)
-    for key in NON_IDENTITY_PROFILE_KEYS:
-        identity.get("profile", {}).pop(key, None)
-    # Options added after runs were made, at the value that computes what those runs computed, leave a run's
-    # key as it was, so finished runs are still found and interrupted ones resume.
     if identity.get("regularizer", {}).get("name") == "none":  # its weights are refused with none
         identity.pop("regularizer")
+    return drop_non_identity(identity)
+
+
+def drop_non_identity(config: dict) -> dict:
+    """`config` (a plain dict, changed in place) less the keys that cannot change a result and the options
+    added after runs were made, at the value that computes what those runs computed, so that finished runs
+    keep their key (found again) and interrupted ones resume."""
+    for key in NON_IDENTITY_KEYS:
+        config.pop(key, None)
+    for key in NON_IDENTITY_PROFILE_KEYS:
+        config.get("profile", {}).pop(key, None)
     for section, key, value in NEUTRAL_DEFAULTS:
-        if identity.get(section, {}).get(key, value) == value:
-            identity.get(section, {}).pop(key, None)
-    return identity
+        if config.get(section, {}).get(key, value) == value:
+            config.get(section, {}).pop(key, None)
+    return config
 
 
 def run_key(cfg: DictConfig) -> str:

@@ -17,12 +17,12 @@ import json
 import numpy as np
 import pandas as pd
 
-from noderun.checkpoint import NEUTRAL_DEFAULTS, NON_IDENTITY_KEYS, NON_IDENTITY_PROFILE_KEYS
+from noderun.checkpoint import drop_non_identity
 from noderun.report.aggregate import finished, is_regularised, latest_per_cell, markdown, mean_std
 
 # Keys of `config` that do not name a cell here: the regularizer, the seed, the experiment name and the keys
 # that cannot change a result (those a run's key leaves out).
-NOT_THE_CELL = ("regularizer", "seed", "experiment_name", *NON_IDENTITY_KEYS)
+NOT_THE_CELL = ("regularizer", "seed", "experiment_name")
 # The score of each task's rows: (column, label); flows rows score by their kind.
 SCORES = {"classification": ("test_error", "test error %"), "spirals": ("test_rmse", "test RMSE"),
           "crossing": ("test_loss", "test loss"), "flows": (None, "loss / test NLL")}
@@ -36,12 +36,7 @@ def cell_key(config_text) -> str:
         return ""
     for key in NOT_THE_CELL:
         config.pop(key, None)
-    for key in NON_IDENTITY_PROFILE_KEYS:
-        config.get("profile", {}).pop(key, None)
-    for section, key, value in NEUTRAL_DEFAULTS:  # rows made before the option existed lack it
-        if config.get(section, {}).get(key, value) == value:
-            config.get(section, {}).pop(key, None)
-    return json.dumps(config, sort_keys=True)
+    return json.dumps(drop_non_identity(config), sort_keys=True)
 
 
 def validates(row) -> bool:
