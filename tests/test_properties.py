@@ -54,7 +54,7 @@ def valid(key: str, value) -> bool:
         "solver.rtol": finite and value > 0,
         "solver.atol": finite and value > 0,
         "profile.epochs": value >= 1,
-        "profile.batch_size": value >= 1,
+        "profile.batch_size": 1 <= value <= 60_000,  # MNIST's training images
         "solver.max_num_steps": value >= 1,
     }[key]
 

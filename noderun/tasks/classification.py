@@ -120,6 +120,8 @@ class ClassificationTask(Task):
             require(augment == 0, "model.augment_channels", augment, "it applies to model=anode only; leave it 0")
         require(cfg.dataset.name == "mnist", "dataset.name", cfg.dataset.name,
                 "the classification task takes: ['mnist']")
+        require(profile.batch_size <= MNIST_TRAIN_SIZE, "profile.batch_size", profile.batch_size,
+                f"it must be at most MNIST's {MNIST_TRAIN_SIZE} training images")
         val_size = cfg.dataset.val_size
         require(0 <= val_size <= MNIST_TRAIN_SIZE - profile.batch_size, "dataset.val_size", val_size,
                 f"it must be an integer in [0, {MNIST_TRAIN_SIZE - profile.batch_size}] (training images held "
