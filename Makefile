@@ -99,15 +99,20 @@ flows-%: $(STAMP)
 ## Beyond the paper: RNODE (Finlay et al. 2020) on the fast ODE-Net. The weight sweep on a validation set (the last
 ## 10,000 training images, seed 0; `noderun table` scores it by validation error), then RNODE_WEIGHTS (the weights
 ## that sweep chose) against the unregularised ODE-Net on RNODE_SEEDS (SEEDS when given, else 0,1,2), one thread a
-## run: `make -j2 rnode`. The Jacobian term is not swept: it doubles an iteration's cost (make bench, bench_rnode).
+## run: `make -j2 rnode`. The Jacobian term is swept beside kinetic 1e-4 (RNODE_JACOBIAN); it doubles an iteration's
+## cost (make bench, bench_rnode).
 RNODE_SEEDS ?= $(if $(filter command line,$(origin SEEDS)),$(SEEDS),0,1,2)
 RNODE_FAST := model=odenet profile=fast precision=bf16-mixed profile.progress=false
 RNODE_SWEEP := $(RNODE_FAST) dataset.val_size=10000 experiment_name=rnode_sweep seed=0
 RNODE_WEIGHTS ?= regularizer.kinetic=1e-4 regularizer.jacobian=0
 RNODE_KINETIC := 1e-4 1e-3 1e-2
-rnode: rnode-sweep-none $(addprefix rnode-sweep-,$(RNODE_KINETIC)) rnode-none rnode-chosen
+RNODE_JACOBIAN := 1e-4 1e-3
+rnode: rnode-sweep-none $(addprefix rnode-sweep-,$(RNODE_KINETIC)) $(addprefix rnode-sweep-jacobian-,$(RNODE_JACOBIAN)) \
+	rnode-none rnode-chosen
 rnode-sweep-none: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/noderun train $(RNODE_SWEEP)
+rnode-sweep-jacobian-%: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/noderun train $(RNODE_SWEEP) regularizer=rnode regularizer.kinetic=1e-4 regularizer.jacobian=$*
 rnode-sweep-%: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/noderun train $(RNODE_SWEEP) regularizer=rnode regularizer.kinetic=$* regularizer.jacobian=0
 rnode-none: $(STAMP)
