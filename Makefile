@@ -101,6 +101,7 @@ flows-%: $(STAMP)
 ## that sweep chose) against the unregularised ODE-Net on RNODE_SEEDS (SEEDS when given, else 0,1,2), one thread a
 ## run: `make -j2 rnode`. The Jacobian term is swept beside kinetic 1e-4 (RNODE_JACOBIAN); it doubles an iteration's
 ## cost (make bench, bench_rnode).
+## Then one CNF density cell (rnode-cnf-<weight>).
 RNODE_SEEDS ?= $(if $(filter command line,$(origin SEEDS)),$(SEEDS),0,1,2)
 RNODE_FAST := model=odenet profile=fast precision=bf16-mixed profile.progress=false
 RNODE_SWEEP := $(RNODE_FAST) dataset.val_size=10000 experiment_name=rnode_sweep seed=0
@@ -108,9 +109,14 @@ RNODE_WEIGHTS ?= regularizer.kinetic=1e-4 regularizer.jacobian=0
 RNODE_KINETIC := 1e-4 1e-3 1e-2
 RNODE_JACOBIAN := 1e-4 1e-3
 rnode: rnode-sweep-none $(addprefix rnode-sweep-,$(RNODE_KINETIC)) $(addprefix rnode-sweep-jacobian-,$(RNODE_JACOBIAN)) \
-	rnode-none rnode-chosen
+	rnode-none rnode-chosen rnode-cnf-0.01 rnode-cnf-0.1
 rnode-sweep-none: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/noderun train $(RNODE_SWEEP)
+## One CNF density cell (U1, width 8, quick) with both terms at equal weights, beside make flows' unregularised runs.
+RNODE_CNF := experiment=density_cnf profile=quick dataset.target=u1 model.width=8 profile.progress=false
+rnode-cnf-%: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/noderun train -m $(RNODE_CNF) experiment_name=flows_density_rnode regularizer=rnode \
+		regularizer.kinetic=$* regularizer.jacobian=$* seed=$(RNODE_SEEDS)
 rnode-sweep-jacobian-%: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/noderun train $(RNODE_SWEEP) regularizer=rnode regularizer.kinetic=1e-4 regularizer.jacobian=$*
 rnode-sweep-%: $(STAMP)
