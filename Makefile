@@ -109,11 +109,18 @@ RNODE_WEIGHTS ?= regularizer.kinetic=1e-4 regularizer.jacobian=0
 RNODE_KINETIC := 1e-4 1e-3 1e-2
 RNODE_JACOBIAN := 1e-4 1e-3
 rnode: rnode-sweep-none $(addprefix rnode-sweep-,$(RNODE_KINETIC)) $(addprefix rnode-sweep-jacobian-,$(RNODE_JACOBIAN)) \
-	rnode-none rnode-chosen rnode-cnf-0.01 rnode-cnf-0.1
+	rnode-none rnode-chosen rnode-cnf-0.01 rnode-cnf-0.1 rnode-cnf-tight-none rnode-cnf-tight-0.01 rnode-cnf-tight-0.1
 rnode-sweep-none: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/noderun train $(RNODE_SWEEP)
 ## One CNF density cell (U1, width 8, quick) with both terms at equal weights, beside make flows' unregularised runs.
 RNODE_CNF := experiment=density_cnf profile=quick dataset.target=u1 model.width=8 profile.progress=false
+## The same cell at the paper profile's tolerance 1e-5 (more evaluations for the terms to remove), with and without.
+RNODE_CNF_TIGHT := $(RNODE_CNF) model.tolerance.quick=1e-5 experiment_name=flows_density_rnode
+rnode-cnf-tight-none: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/noderun train -m $(RNODE_CNF_TIGHT) seed=$(RNODE_SEEDS)
+rnode-cnf-tight-%: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/noderun train -m $(RNODE_CNF_TIGHT) regularizer=rnode regularizer.kinetic=$* \
+		regularizer.jacobian=$* seed=$(RNODE_SEEDS)
 rnode-cnf-%: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/noderun train -m $(RNODE_CNF) experiment_name=flows_density_rnode regularizer=rnode \
 		regularizer.kinetic=$* regularizer.jacobian=$* seed=$(RNODE_SEEDS)
