@@ -115,7 +115,7 @@ rnode-sweep-none: $(STAMP)
 ## One CNF density cell (U1, width 8, quick) with both terms at equal weights, beside make flows' unregularised runs.
 RNODE_CNF := experiment=density_cnf profile=quick dataset.target=u1 model.width=8 profile.progress=false
 ## The same cell at the paper profile's tolerance 1e-5 (more evaluations for the terms to remove), with and without.
-RNODE_CNF_TIGHT := $(RNODE_CNF) model.tolerance.quick=1e-5 experiment_name=flows_density_rnode
+RNODE_CNF_TIGHT := $(RNODE_CNF) model.tolerance.quick=1e-5 experiment_name=flows_density_rnode_tight
 rnode-cnf-tight-none: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/noderun train -m $(RNODE_CNF_TIGHT) seed=$(RNODE_SEEDS)
 rnode-cnf-tight-%: $(STAMP)

@@ -255,3 +255,14 @@ def test_mle_table_shows_the_excess_over_the_datas_own_nll():
     mle = dict(render(rows, "quick"))["Figure 5: maximum likelihood (planar NF vs planar CNF)"]
     line = next(l for l in mle.splitlines() if l.startswith("| Two Moons"))
     assert "| 2.400 " in line and "0.050 ± 0.014" in line and "0.020 ± 0.000" in line and "| 0.40 " in line
+
+
+def test_a_run_under_another_experiment_name_keeps_its_arrays_apart_from_the_figures(compose_config, tmp_path):
+    base = ["experiment=density_cnf", "profile=smoke", "model.width=2", "model.eval_samples=500",
+            f"results_dir={tmp_path}"]
+    train(compose_config(base), log=lambda *_: None)
+    figure_file = tmp_path / "flows" / "smoke" / "density_u1_planar_cnf_w2_s0.npz"
+    before = figure_file.read_bytes()
+    train(compose_config([*base, "experiment_name=density_tight", "model.tolerance.smoke=1e-4"]), log=lambda *_: None)
+    assert figure_file.read_bytes() == before  # Figure 4's array is the first run's still
+    assert (tmp_path / "flows" / "smoke" / "density_tight" / figure_file.name).exists()

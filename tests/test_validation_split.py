@@ -144,3 +144,21 @@ def test_runs_without_a_validation_set_score_by_test_error_and_rows_older_than_t
     assert [line[1] for line in lines] == ["none", rnode]  # one cell: the old row lacks the keys at their defaults
     assert lines[0][0] == "odenet, mnist" and lines[0][2] == "test error %" and lines[0][3] == "0.4000"
     assert lines[1][8:10] == ["0.50", "0.80"]
+
+
+def test_cells_that_differ_only_in_tolerance_are_told_apart():
+    import json
+
+    from noderun.report.regularization import render
+
+    rnode = "rnode(kinetic=1e-05, jacobian=1e-05, probe=rademacher)"
+    rows = []
+    for tol in (1e-3, 1e-5):
+        for regularizer in ("none", rnode):
+            row = report_row(regularizer, 0, "A", 10, 26 if tol == 1e-3 else 50, val_size=0)
+            config = json.loads(row["config"])
+            config["solver"].update(rtol=tol, atol=tol)
+            rows.append({**row, "config": json.dumps(config), "rtol": tol, "atol": tol})
+    (_, text), = render(pd.DataFrame(rows), "fast")
+    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| odenet")]
+    assert labels == ["odenet, mnist, tol 0.001"] * 2 + ["odenet, mnist, tol 1e-05"] * 2

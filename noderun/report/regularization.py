@@ -64,6 +64,9 @@ def describe(row) -> str:
         value = row.get(column)
         if value is not None and value == value and str(value) != "":
             parts.append(f"{column} {value:g}" if isinstance(value, float) else f"{column} {value}")
+    rtol, atol = row.get("rtol"), row.get("atol")
+    if rtol is not None and rtol == rtol and str(rtol) != "":  # cells of one model can differ only in tolerance
+        parts.append(f"tol {float(rtol):g}" if rtol == atol else f"rtol {float(rtol):g} atol {float(atol):g}")
     return ", ".join(p for p in parts if p)
 
 

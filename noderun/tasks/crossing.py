@@ -40,9 +40,14 @@ SAVED_FEATURES = 1000  # test points whose final state is saved for the figure
 
 
 def artifact_path(results_dir, profile: str, dataset: str, model: str, augment_dim: int, seed: int,
-                  suffix: str = "") -> Path:
-    """suffix: a regularised run's (noderun.models.regularization.artifact_suffix)."""
-    return Path(results_dir) / "crossing" / profile / f"{dataset}_{model}_a{augment_dim}_s{seed}{suffix}.npz"
+                  suffix: str = "", experiment: str | None = None) -> Path:
+    """suffix: a regularised run's (noderun.models.regularization.artifact_suffix). experiment: the run's
+    experiment_name; one other than `crossing` saves into a subfolder of that name, which the figure
+    never reads."""
+    folder = Path(results_dir) / "crossing" / profile
+    if experiment not in (None, "crossing"):
+        folder = folder / experiment
+    return folder / f"{dataset}_{model}_a{augment_dim}_s{seed}{suffix}.npz"
 
 
 def model_label(augment_dim: int) -> str:
@@ -217,7 +222,7 @@ class CrossingTask(Task):
             "data_dim": np.int32(model.data_dim), "augment_dim": np.int32(model.augment_dim),
         }
         path = artifact_path(cfg.results_dir, cfg.profile.name, cfg.dataset.name, model_label(m.augment_dim),
-                             m.augment_dim, cfg.seed, artifact_suffix(cfg.get("regularizer")))
+                             m.augment_dim, cfg.seed, artifact_suffix(cfg.get("regularizer")), cfg.experiment_name)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
         return row

@@ -40,9 +40,14 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 def artifact_path(results_dir, profile: str, kind: str, model: str, target: str, width: int, seed: int,
-                  suffix: str = "") -> Path:
-    """suffix: a regularised run's (noderun.models.regularization.artifact_suffix)."""
-    return Path(results_dir) / "flows" / profile / f"{kind}_{target}_{model}_w{width}_s{seed}{suffix}.npz"
+                  suffix: str = "", experiment: str | None = None) -> Path:
+    """suffix: a regularised run's (noderun.models.regularization.artifact_suffix). experiment: the run's
+    experiment_name; one other than Figure 4's or 5's own (flows_density, flows_mle) saves into a
+    subfolder of that name, which the figures never read."""
+    folder = Path(results_dir) / "flows" / profile
+    if experiment not in (None, f"flows_{kind}"):
+        folder = folder / experiment
+    return folder / f"{kind}_{target}_{model}_w{width}_s{seed}{suffix}.npz"
 
 
 def kind_of(cfg: DictConfig) -> str:
@@ -205,7 +210,7 @@ class FlowsTask(Task):
         if self.test_x is not None:
             arrays["data"] = self.test_x[:2000].cpu().numpy()
         path = artifact_path(cfg.results_dir, cfg.profile.name, self.kind, m.name, self.target, m.width, cfg.seed,
-                             artifact_suffix(cfg.get("regularizer")))
+                             artifact_suffix(cfg.get("regularizer")), cfg.experiment_name)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
         return row
