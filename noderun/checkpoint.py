@@ -47,7 +47,7 @@ CHECKPOINT_VERSION = 2
 NON_IDENTITY_KEYS = ("results_dir", "data_dir", "resume", "force", "checkpoint_every_s", "logger")
 NON_IDENTITY_PROFILE_KEYS = ("progress",)
 # (section, key, value): an option whose value here computes what runs made before the option existed did
-NEUTRAL_DEFAULTS = (("solver", "reuse_forward_step", True), ("dataset", "val_size", 0))
+NEUTRAL_DEFAULTS = (("solver", "reuse_forward_step", True), ("solver", "first_step", None), ("dataset", "val_size", 0))
 
 
 class CheckpointError(RuntimeError):

@@ -54,6 +54,9 @@ class SolverConfig:
     # first step afresh (false, as torchdiffeq; more backward evaluations, benchmarks/README.md has the
     # gradient accuracy of each)
     reuse_forward_step: bool = True
+    # adaptive methods: the forward solve's first step over the unit interval (null: selected by the usual
+    # heuristic of Hairer, Norsett and Wanner, as torchdiffeq does); the adjoint's backward solve keeps its own rule
+    first_step: Optional[float] = None
     max_num_steps: int = 10_000
     backend: str = "native"  # native: noderun.ode; torchdiffeq: torchdiffeq.odeint(_adjoint) (Table 1 ODE block)
 

@@ -211,5 +211,9 @@ def test_options_added_at_their_neutral_value_leave_the_run_key_as_it_was(compos
         del without_group.solver["reuse_forward_step"]
     assert run_key(cfg) == run_key(without_group)
     assert run_key(compose_config(["model=odenet", "profile=smoke", "solver.reuse_forward_step=false"])) != run_key(cfg)
+    with open_dict(without_group):
+        del without_group.solver["first_step"]
+    assert run_key(cfg) == run_key(without_group)
+    assert run_key(compose_config(["model=odenet", "profile=smoke", "solver.first_step=0.5"])) != run_key(cfg)
     rnode = compose_config(["model=odenet", "profile=smoke", "regularizer=rnode", "regularizer.kinetic=0.01"])
     assert run_key(rnode) != run_key(cfg)

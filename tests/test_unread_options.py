@@ -67,6 +67,10 @@ REFUSED = [
      "solver.reuse_forward_step=false changes", ["fixed steps", "dopri5"]),
     (["model=odenet", "solver.backend=torchdiffeq", "solver.reuse_forward_step=false"],
      "solver.reuse_forward_step=false changes", ["backend=torchdiffeq", "solver.backend=native"]),
+    # first_step sets an adaptive method's first step
+    (["model=odenet", "solver=rk4", "solver.step_size=0.25", "solver.first_step=0.5"],
+     "solver.first_step=0.5 applies to adaptive methods", ["fixed steps", "dopri5"]),
+    (["model=odenet", "solver.first_step=-1"], "solver.first_step=-1.0 is invalid", ["null", "> 0"]),
     # scipy_solver: a method of odeint, but without gradients
     (["model=odenet", "solver.method=scipy_solver"], "solver.method='scipy_solver' has no gradients", ["dopri5"]),
 ]
@@ -77,6 +81,8 @@ ACCEPTED = [
     ["model=resnet", "dataset.crop_padding=2"],
     ["model=odenet", "solver.seminorm=true"],
     ["model=odenet", "solver.reuse_forward_step=false"],
+    ["model=odenet", "solver.first_step=0.5"],
+    ["model=rknet", "solver.first_step=0.5", "solver.backend=torchdiffeq"],
     ["model=odenet", "solver=rk4", "solver.step_size=0.25"],
     ["experiment=crossing", "model=crossing_anode", "dataset.anode_augment_dim=3"],  # its augment_dim follows
     ["experiment=density_cnf", "model.trace=hutchinson"],

@@ -60,6 +60,8 @@ class SolverSpec:
     reuse_forward_step: the native adjoint's backward solve starts from the forward solve's last
         proposed step (noderun.ode.odeint_adjoint's `reuse_forward_step` option) instead of selecting
         an initial step afresh, as torchdiffeq does.
+    An `options["first_step"]` sets the forward solve's first step only: the adjoint's backward solve
+    keeps its own rule (above) on either backend.
     """
 
     method: str = "dopri5"
@@ -97,7 +99,18 @@ class SolverSpec:
                     "drop solver.step_size, or choose a fixed-step method (euler, midpoint, rk4)"
                 )
             options = {"max_num_steps": int(solver_cfg.max_num_steps)}
+            first_step = solver_cfg.get("first_step")
+            if first_step is not None:
+                if not (isinstance(first_step, (int, float)) and math.isfinite(first_step) and first_step > 0):
+                    raise ConfigError(f"solver.first_step={first_step!r} is invalid; it must be null (selected by "
+                                      "the solver) or a finite number > 0")
+                options["first_step"] = float(first_step)
         else:
+            if solver_cfg.get("first_step") is not None:
+                raise ConfigError(
+                    f"solver.first_step={solver_cfg.first_step!r} applies to adaptive methods and {method!r} takes "
+                    "fixed steps of solver.step_size; drop solver.first_step, or choose an adaptive method (dopri5)"
+                )
             if step_size is None or not (math.isfinite(step_size) and step_size > 0):
                 raise ConfigError(
                     f"solver.step_size={step_size!r}: fixed-step method {method!r} needs a step size > 0, "
@@ -143,7 +156,7 @@ class SolverSpec:
     @property
     def adjoint_options(self) -> dict:
         """The native adjoint's backward-solve options: the forward ones, the norm and the first step."""
-        options = dict(self.options)
+        options = {key: value for key, value in self.options.items() if key != "first_step"}
         if self.seminorm:
             options["norm"] = "seminorm"
         if not self.reuse_forward_step:
@@ -182,7 +195,8 @@ class SolverSpec:
         if error_parts is not None and get_method(self.method).adaptive:
             kwargs = {**kwargs, "options": {**(kwargs["options"] or {}), "norm": self._leading_norm(y0, error_parts)}}
         if self.backend == "torchdiffeq":
-            adjoint_options = {**self.options, "norm": "seminorm"} if self.seminorm else None
+            backward = {key: value for key, value in self.options.items() if key != "first_step"}
+            adjoint_options = {**backward, "norm": "seminorm"} if self.seminorm else backward
             return _solve_torchdiffeq(func, y0, t, kwargs, use_adjoint, adjoint_options, adjoint_params)
         from noderun.ode import odeint, odeint_adjoint
 
