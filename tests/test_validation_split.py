@@ -162,3 +162,22 @@ def test_cells_that_differ_only_in_tolerance_are_told_apart():
     (_, text), = render(pd.DataFrame(rows), "fast")
     labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| odenet")]
     assert labels == ["odenet, mnist, tol 0.001"] * 2 + ["odenet, mnist, tol 1e-05"] * 2
+
+
+def test_a_cell_with_the_first_step_set_is_named_so():
+    import json
+
+    from noderun.report.regularization import render
+
+    rnode = "rnode(kinetic=1e-05, jacobian=1e-05, probe=rademacher)"
+    rows = []
+    for first_step in (None, 0.5):
+        for regularizer in ("none", rnode):
+            row = report_row(regularizer, 0, "A", 10, 26 if first_step is None else 13, val_size=0)
+            config = json.loads(row["config"])
+            if first_step is not None:
+                config["solver"]["first_step"] = first_step
+            rows.append({**row, "config": json.dumps(config)})
+    (_, text), = render(pd.DataFrame(rows), "fast")
+    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| odenet")]
+    assert labels == ["odenet, mnist"] * 2 + ["odenet, mnist, first step 0.5"] * 2

@@ -67,7 +67,20 @@ def describe(row) -> str:
     rtol, atol = row.get("rtol"), row.get("atol")
     if rtol is not None and rtol == rtol and str(rtol) != "":  # cells of one model can differ only in tolerance
         parts.append(f"tol {float(rtol):g}" if rtol == atol else f"rtol {float(rtol):g} atol {float(atol):g}")
+    first_step = solver_settings(row).get("first_step")
+    if first_step is not None:
+        parts.append(f"first step {float(first_step):g}")
     return ", ".join(p for p in parts if p)
+
+
+def solver_settings(row) -> dict:
+    """The `solver` section of the row's recorded config ({} when the row has none or it cannot be read)."""
+    try:
+        config = json.loads(row.get("config") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    solver = config.get("solver") if isinstance(config, dict) else None
+    return solver if isinstance(solver, dict) else {}
 
 
 def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:
