@@ -28,6 +28,7 @@ which shows how much of the NFE the starting step sets rather than the dynamics.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
@@ -49,6 +50,11 @@ from noderun.models.solver import SolverSpec  # noqa: E402
 from noderun.ode import track_stats  # noqa: E402
 from noderun.profiling import bf16_supported, device_name, git_commit  # noqa: E402
 
+# Checkpoints of make rnode's runs (results/checkpoints): Table 1's fast ODE-Net and the same with kinetic 1e-4.
+PLAIN_WEIGHTS = "table1-odenet-fast-seed{seed}.pt"
+RNODE_WEIGHTS = "table1_rnode-odenet-fast-seed{seed}_rnode_k0.0001_j0_rademacher.pt"
+TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
+FIRST_STEPS = (None, 0.25, 0.5, 1.0)
 VARIANTS = (("none", None), ("kinetic only", Regularizer(kinetic=1e-4)),
             ("kinetic and Jacobian", Regularizer(kinetic=1e-4, jacobian=1e-4)))
 
@@ -69,17 +75,17 @@ def iteration(model, x, y, regularizer, autocast_dtype) -> tuple[float, int, int
     return time.perf_counter() - start, stats.nfe_forward, stats.nfe_backward
 
 
-RNODE_WEIGHTS = "table1_rnode-odenet-fast-seed{seed}_rnode_k0.0001_j0_rademacher.pt"
-PLAIN_WEIGHTS = "table1-odenet-fast-seed{seed}.pt"
-TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
-FIRST_STEPS = (None, 0.25, 0.5, 1.0)
+@functools.lru_cache(maxsize=None)
+def saved_weights(path: Path) -> dict:
+    """The state_dict of a checkpoint, read once however many solver settings it is solved with."""
+    return torch.load(path, weights_only=False)["state_dict"]
 
 
 def forward_nfe(weights: Path, images: torch.Tensor, tolerance: float, first_step: float | None) -> int:
     """Forward NFE of one no-grad float32 solve of `images` with the ODE-Net weights in `weights`."""
     options = {"max_num_steps": 10_000} | ({"first_step": first_step} if first_step else {})
     model = build_odenet(solver=SolverSpec(method="dopri5", rtol=tolerance, atol=tolerance, options=options))
-    model.load_state_dict(torch.load(weights, weights_only=False)["state_dict"])
+    model.load_state_dict(saved_weights(weights))
     model.eval()
     with torch.no_grad(), track_stats() as stats:
         model(images)
@@ -121,13 +127,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "bench_rnode.md"), help="'' to print only")
     args = parser.parse_args()
 
-    weights = ROOT / "results" / "checkpoints" / "table1-odenet-fast-seed0.pt"
+    weights = ROOT / "results" / "checkpoints" / PLAIN_WEIGHTS.format(seed=0)
     if not weights.exists():
         sys.exit(f"bench_rnode: {weights} is missing; train it with "
                  "`noderun train model=odenet profile=fast precision=bf16-mixed seed=0`")
     spec = SolverSpec(method="dopri5", rtol=1e-3, atol=1e-3, options={"max_num_steps": 10_000}, adjoint=True)
     model = build_odenet(solver=spec)
-    model.load_state_dict(torch.load(weights, weights_only=False)["state_dict"])
+    model.load_state_dict(saved_weights(weights))
     device = torch.device("cpu")
     autocast_dtype = torch.bfloat16 if bf16_supported(device) else None
     data = load_mnist(ROOT / "data")

@@ -70,24 +70,31 @@ def test_ode_dynamics_preserve_shape():
     assert func(torch.tensor(0.5), h).shape == h.shape
 
 
-def test_solver_reuse_forward_step_false_selects_the_backward_first_step_afresh(compose_config):
-    """The option reaches the adjoint: the backward solve of the same problem spends other evaluations."""
+def solve_a_small_field(compose_config, overrides):
+    """(spec, forward evaluations, backward evaluations, gradient of y0) of one adjoint solve of a small
+    tanh field over [0, 1] with the solver of `overrides` (ODE-Net, smoke profile)."""
     from torch import nn
 
     from noderun.models.solver import SolverSpec
 
+    cfg = compose_config(["model=odenet", "profile=smoke", *overrides])
+    spec = SolverSpec.from_config(cfg.solver, default_adjoint=True)
+    torch.manual_seed(0)
+    field = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
+    calls = []
+    field.register_forward_hook(lambda *_: calls.append(1))
+    y0 = torch.randn(4, 3, requires_grad=True)
+    y = spec.solve(lambda t, y: field(y), y0, torch.tensor([0.0, 1.0]), adjoint_params=tuple(field.parameters()))
+    forward = len(calls)
+    y[-1].square().sum().backward()
+    return spec, forward, len(calls) - forward, y0.grad
+
+
+def test_solver_reuse_forward_step_false_selects_the_backward_first_step_afresh(compose_config):
+    """The option reaches the adjoint: the backward solve of the same problem spends other evaluations."""
     def backward_nfe(overrides):
-        cfg = compose_config(["model=odenet", "profile=smoke", "solver.rtol=1e-5", "solver.atol=1e-5", *overrides])
-        spec = SolverSpec.from_config(cfg.solver, default_adjoint=True)
-        torch.manual_seed(0)
-        field = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
-        calls = []
-        field.register_forward_hook(lambda *_: calls.append(1))
-        y0 = torch.randn(4, 3, requires_grad=True)
-        y = spec.solve(lambda t, y: field(y), y0, torch.tensor([0.0, 1.0]), adjoint_params=tuple(field.parameters()))
-        forward = len(calls)
-        y[-1].square().sum().backward()
-        return spec, len(calls) - forward
+        spec, _, backward, _ = solve_a_small_field(compose_config, ["solver.rtol=1e-5", "solver.atol=1e-5", *overrides])
+        return spec, backward
 
     reused, fresh = backward_nfe([]), backward_nfe(["solver.reuse_forward_step=false"])
     assert reused[0].adjoint_options.get("reuse_forward_step", True) is True
@@ -98,22 +105,9 @@ def test_solver_reuse_forward_step_false_selects_the_backward_first_step_afresh(
 @pytest.mark.parametrize("backend", ["native", "torchdiffeq"])
 def test_solver_first_step_sets_the_forward_solves_first_step_only(compose_config, backend):
     """A large first step changes the forward evaluations; the backward solve keeps its own rule."""
-    from torch import nn
-
-    from noderun.models.solver import SolverSpec
-
     def run(overrides):
-        cfg = compose_config(["model=odenet", "profile=smoke", f"solver.backend={backend}", *overrides])
-        spec = SolverSpec.from_config(cfg.solver, default_adjoint=True)
-        torch.manual_seed(0)
-        field = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
-        calls = []
-        field.register_forward_hook(lambda *_: calls.append(1))
-        y0 = torch.randn(4, 3, requires_grad=True)
-        y = spec.solve(lambda t, y: field(y), y0, torch.tensor([0.0, 1.0]), adjoint_params=tuple(field.parameters()))
-        forward = len(calls)
-        y[-1].square().sum().backward()
-        return spec, forward, y0.grad
+        spec, forward, _, gradient = solve_a_small_field(compose_config, [f"solver.backend={backend}", *overrides])
+        return spec, forward, gradient
 
     default, chosen = run([]), run(["solver.first_step=1.0"])
     assert chosen[0].odeint_kwargs["options"]["first_step"] == 1.0

@@ -146,38 +146,31 @@ def test_runs_without_a_validation_set_score_by_test_error_and_rows_older_than_t
     assert lines[1][8:10] == ["0.50", "0.80"]
 
 
-def test_cells_that_differ_only_in_tolerance_are_told_apart():
+def cell_labels(solver_settings: list[dict], nfe: list[float]) -> list[str]:
+    """The regularisation section's cell labels for an unregularised and a regularised run at each of
+    `solver_settings` (written into the rows' recorded solver config, and the rtol/atol columns when given)."""
     import json
 
     from noderun.report.regularization import render
 
     rnode = "rnode(kinetic=1e-05, jacobian=1e-05, probe=rademacher)"
     rows = []
-    for tol in (1e-3, 1e-5):
+    for settings, evaluations in zip(solver_settings, nfe):
         for regularizer in ("none", rnode):
-            row = report_row(regularizer, 0, "A", 10, 26 if tol == 1e-3 else 50, val_size=0)
+            row = report_row(regularizer, 0, "A", 10, evaluations, val_size=0)
             config = json.loads(row["config"])
-            config["solver"].update(rtol=tol, atol=tol)
-            rows.append({**row, "config": json.dumps(config), "rtol": tol, "atol": tol})
+            config["solver"].update(settings)
+            columns = {key: settings[key] for key in ("rtol", "atol") if key in settings}
+            rows.append({**row, "config": json.dumps(config), **columns})
     (_, text), = render(pd.DataFrame(rows), "fast")
-    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| odenet")]
+    return [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| odenet")]
+
+
+def test_cells_that_differ_only_in_tolerance_are_told_apart():
+    labels = cell_labels([{"rtol": 1e-3, "atol": 1e-3}, {"rtol": 1e-5, "atol": 1e-5}], [26, 50])
     assert labels == ["odenet, mnist, tol 0.001"] * 2 + ["odenet, mnist, tol 1e-05"] * 2
 
 
 def test_a_cell_with_the_first_step_set_is_named_so():
-    import json
-
-    from noderun.report.regularization import render
-
-    rnode = "rnode(kinetic=1e-05, jacobian=1e-05, probe=rademacher)"
-    rows = []
-    for first_step in (None, 0.5):
-        for regularizer in ("none", rnode):
-            row = report_row(regularizer, 0, "A", 10, 26 if first_step is None else 13, val_size=0)
-            config = json.loads(row["config"])
-            if first_step is not None:
-                config["solver"]["first_step"] = first_step
-            rows.append({**row, "config": json.dumps(config)})
-    (_, text), = render(pd.DataFrame(rows), "fast")
-    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| odenet")]
+    labels = cell_labels([{}, {"first_step": 0.5}], [26, 13])
     assert labels == ["odenet, mnist"] * 2 + ["odenet, mnist, first step 0.5"] * 2

@@ -155,7 +155,8 @@ class SolverSpec:
 
     @property
     def adjoint_options(self) -> dict:
-        """The native adjoint's backward-solve options: the forward ones, the norm and the first step."""
+        """The adjoint's backward-solve options: the forward ones but the first step, the norm and (native
+        backend) how the first step is chosen."""
         options = {key: value for key, value in self.options.items() if key != "first_step"}
         if self.seminorm:
             options["norm"] = "seminorm"
@@ -194,10 +195,8 @@ class SolverSpec:
         kwargs = self.odeint_kwargs
         if error_parts is not None and get_method(self.method).adaptive:
             kwargs = {**kwargs, "options": {**(kwargs["options"] or {}), "norm": self._leading_norm(y0, error_parts)}}
-        if self.backend == "torchdiffeq":
-            backward = {key: value for key, value in self.options.items() if key != "first_step"}
-            adjoint_options = {**backward, "norm": "seminorm"} if self.seminorm else backward
-            return _solve_torchdiffeq(func, y0, t, kwargs, use_adjoint, adjoint_options, adjoint_params)
+        if self.backend == "torchdiffeq":  # adjoint_options holds no reuse_forward_step here (refused with it)
+            return _solve_torchdiffeq(func, y0, t, kwargs, use_adjoint, self.adjoint_options, adjoint_params)
         from noderun.ode import odeint, odeint_adjoint
 
         if use_adjoint:

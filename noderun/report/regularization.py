@@ -28,11 +28,19 @@ SCORES = {"classification": ("test_error", "test error %"), "spirals": ("test_rm
           "crossing": ("test_loss", "test loss"), "flows": (None, "loss / test NLL")}
 
 
-def cell_key(config_text) -> str:
-    """The config of a row as JSON without the keys that NOT_THE_CELL names ('' when it does not parse)."""
+def recorded_config(config_text) -> dict | None:
+    """A row's recorded config as a dict (None when it is missing or does not parse)."""
     try:
         config = json.loads(config_text)
     except (TypeError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def cell_key(config_text) -> str:
+    """The config of a row as JSON without the keys that NOT_THE_CELL names ('' when it does not parse)."""
+    config = recorded_config(config_text)
+    if config is None:
         return ""
     for key in NOT_THE_CELL:
         config.pop(key, None)
@@ -67,20 +75,11 @@ def describe(row) -> str:
     rtol, atol = row.get("rtol"), row.get("atol")
     if rtol is not None and rtol == rtol and str(rtol) != "":  # cells of one model can differ only in tolerance
         parts.append(f"tol {float(rtol):g}" if rtol == atol else f"rtol {float(rtol):g} atol {float(atol):g}")
-    first_step = solver_settings(row).get("first_step")
+    solver = (recorded_config(row.get("config")) or {}).get("solver")
+    first_step = solver.get("first_step") if isinstance(solver, dict) else None
     if first_step is not None:
         parts.append(f"first step {float(first_step):g}")
     return ", ".join(p for p in parts if p)
-
-
-def solver_settings(row) -> dict:
-    """The `solver` section of the row's recorded config ({} when the row has none or it cannot be read)."""
-    try:
-        config = json.loads(row.get("config") or "{}")
-    except (TypeError, ValueError):
-        return {}
-    solver = config.get("solver") if isinstance(config, dict) else None
-    return solver if isinstance(solver, dict) else {}
 
 
 def render(rows: pd.DataFrame, profile: str) -> list[tuple[str, str]]:

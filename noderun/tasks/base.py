@@ -10,6 +10,7 @@ columns) is the runner's. The smallest example is noderun.tasks.flows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -19,6 +20,15 @@ from torch import nn
 from noderun.config import Unread, schema_keys
 from noderun.distributed import World
 from noderun.errors import ConfigError
+
+
+def artifacts_folder(results_dir, task_folder: str, profile: str, experiment: Optional[str],
+                     figure_experiment: str) -> Path:
+    """Where a run saves the arrays a figure draws: results_dir/task_folder/profile, or for a run under an
+    experiment name other than the figure's own, a subfolder of that name, which the figure never reads (so a
+    run that changes another setting never replaces what the figure draws)."""
+    folder = Path(results_dir) / task_folder / profile
+    return folder if experiment in (None, figure_experiment) else folder / experiment
 
 
 def require(condition: bool, key: str, value, accepted: str) -> None:

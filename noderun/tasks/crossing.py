@@ -31,7 +31,7 @@ from noderun.data.crossing import sample
 from noderun.models.crossing import READOUTS, CrossingODE
 from noderun.models.regularization import artifact_suffix
 from noderun.models.solver import SolverSpec
-from noderun.tasks.base import EpochSummary, Task, require
+from noderun.tasks.base import EpochSummary, Task, artifacts_folder, require
 
 MODELS = ("crossing_ode", "crossing_anode")
 DATASETS = ("crossing_1d", "crossing_2d")
@@ -42,11 +42,8 @@ SAVED_FEATURES = 1000  # test points whose final state is saved for the figure
 def artifact_path(results_dir, profile: str, dataset: str, model: str, augment_dim: int, seed: int,
                   suffix: str = "", experiment: str | None = None) -> Path:
     """suffix: a regularised run's (noderun.models.regularization.artifact_suffix). experiment: the run's
-    experiment_name; one other than `crossing` saves into a subfolder of that name, which the figure
-    never reads."""
-    folder = Path(results_dir) / "crossing" / profile
-    if experiment not in (None, "crossing"):
-        folder = folder / experiment
+    experiment_name (the figure's own: crossing; noderun.tasks.base.artifacts_folder)."""
+    folder = artifacts_folder(results_dir, "crossing", profile, experiment, "crossing")
     return folder / f"{dataset}_{model}_a{augment_dim}_s{seed}{suffix}.npz"
 
 

@@ -33,7 +33,7 @@ from noderun.data.densities import (ENERGIES, GRID, SNAPSHOTS, TOY_DATASETS, den
 from noderun.models.flows import PlanarCNF, PlanarNF
 from noderun.models.regularization import artifact_suffix
 from noderun.models.solver import SolverSpec
-from noderun.tasks.base import Task, require
+from noderun.tasks.base import Task, artifacts_folder, require
 
 MODELS = ("planar_nf", "planar_cnf")
 LR_SCHEDULES = ("constant", "cosine")
@@ -42,11 +42,8 @@ LR_SCHEDULES = ("constant", "cosine")
 def artifact_path(results_dir, profile: str, kind: str, model: str, target: str, width: int, seed: int,
                   suffix: str = "", experiment: str | None = None) -> Path:
     """suffix: a regularised run's (noderun.models.regularization.artifact_suffix). experiment: the run's
-    experiment_name; one other than Figure 4's or 5's own (flows_density, flows_mle) saves into a
-    subfolder of that name, which the figures never read."""
-    folder = Path(results_dir) / "flows" / profile
-    if experiment not in (None, f"flows_{kind}"):
-        folder = folder / experiment
+    experiment_name (Figure 4's and 5's own: flows_density, flows_mle; noderun.tasks.base.artifacts_folder)."""
+    folder = artifacts_folder(results_dir, "flows", profile, experiment, f"flows_{kind}")
     return folder / f"{kind}_{target}_{model}_w{width}_s{seed}{suffix}.npz"
 
 
